@@ -1,0 +1,625 @@
+/*!
+ * herald.js — browser (and Node) client for the Herald WebSocket gateway, protocol v1.
+ *
+ * No dependencies, no build step. This file is a classic script: loading it with
+ * <script src="/herald.js"></script> defines the global `Herald`. For ES modules, import
+ * `herald.mjs` beside it, which loads this file and re-exports the same class.
+ * Reference: docs/CLIENT.md. Wire contract: docs/PROTOCOL.md.
+ */
+(function (root) {
+  'use strict';
+
+  var DEFAULT_REQUEST_TIMEOUT_MS = 10000;
+  var DEFAULT_PING_INTERVAL_MS = 25000;
+  var DEFAULT_BACKOFF = { baseMs: 500, maxMs: 30000 };
+  var CHANNEL_RE = /^[A-Za-z0-9_\-:.@/=,]{1,255}$/;
+
+  /** An error with a stable `code`: a protocol code (PROTOCOL.md §2.3) or a client one. */
+  class HeraldError extends Error {
+    constructor(code, message, extra) {
+      super(message || code);
+      this.name = 'HeraldError';
+      this.code = code;
+      if (extra) Object.assign(this, extra);
+    }
+  }
+
+  /**
+   * Reconnect delay with "full jitter": a random integer in [0, min(maxMs, baseMs * 2^attempt)).
+   * `attempt` is 0 for the first reconnect after a good connection.
+   */
+  function backoffDelay(attempt, backoff, random) {
+    var b = backoff || DEFAULT_BACKOFF;
+    var baseMs = b.baseMs != null ? b.baseMs : DEFAULT_BACKOFF.baseMs;
+    var maxMs = b.maxMs != null ? b.maxMs : DEFAULT_BACKOFF.maxMs;
+    var n = Math.floor(Number(attempt)) || 0;
+    var cap = Math.min(maxMs, baseMs * Math.pow(2, Math.max(0, n)));
+    if (!(cap > 0)) return 0;
+    var r = (random || Math.random)();
+    if (!(r >= 0)) r = 0;
+    if (r >= 1) r = 0.9999999999;
+    return Math.floor(r * cap);
+  }
+
+  /**
+   * What to do when the socket closed with `code` (PROTOCOL.md §2.4):
+   * 'stop' (do not reconnect), 'reconnect', or 'refresh_token' (get a new token, reconnect).
+   * A close the application asked for (close()) always stops.
+   */
+  function closeAction(code, clientInitiated) {
+    if (clientInitiated) return 'stop';
+    switch (code) {
+      case 1000: // normal close: nothing to do
+      case 1008: // policy violation: do not reconnect blindly
+      case 1009: // frame too large: a client bug, reconnecting would repeat it
+        return 'stop';
+      case 4001: // token expired and not refreshed
+        return 'refresh_token';
+      default: // 1001 draining, 1006 abnormal, 1011 internal, 4008 slow consumer / gap, others
+        return 'reconnect';
+    }
+  }
+
+  /** The WebSocket URL to open: relative URLs resolve against the page, http(s) becomes ws(s). */
+  function buildUrl(url, token) {
+    var loc = root.location && root.location.href ? root.location.href : undefined;
+    var u;
+    try {
+      u = loc ? new URL(url, loc) : new URL(url);
+    } catch (e) {
+      throw new HeraldError('bad_request', 'invalid WebSocket URL: ' + url);
+    }
+    if (u.protocol === 'http:') u.protocol = 'ws:';
+    else if (u.protocol === 'https:') u.protocol = 'wss:';
+    if (token != null && token !== '') u.searchParams.set('token', String(token));
+    return u.toString();
+  }
+
+  function callSafely(fn, self, args) {
+    try {
+      return fn.apply(self, args);
+    } catch (err) {
+      // A throwing application callback must not break the client; surface it like any
+      // uncaught error (window.onerror / the console), outside our call stack.
+      setTimeout(function () { throw err; }, 0);
+    }
+  }
+
+  class Emitter {
+    constructor() { this._listeners = new Map(); }
+    /** Add a listener; returns a function that removes it. */
+    on(event, fn) {
+      if (typeof fn !== 'function') throw new TypeError('listener must be a function');
+      var set = this._listeners.get(event);
+      if (!set) { set = new Set(); this._listeners.set(event, set); }
+      set.add(fn);
+      var self = this;
+      return function () { self.off(event, fn); };
+    }
+    off(event, fn) {
+      var set = this._listeners.get(event);
+      if (set) set.delete(fn);
+    }
+    _emit(event) {
+      var set = this._listeners.get(event);
+      if (!set || set.size === 0) return false;
+      var args = Array.prototype.slice.call(arguments, 1);
+      Array.from(set).forEach(function (fn) { callSafely(fn, null, args); }, this);
+      return true;
+    }
+  }
+
+  /** One subscribed channel. Made by Herald#subscribe. */
+  class Subscription extends Emitter {
+    constructor(client, channel, onMessage, opts) {
+      super();
+      this.client = client;
+      this.channel = channel;
+      this.recover = opts.recover !== false;
+      /** Durable channels: the epoch and the last offset seen (null until known). */
+      this.epoch = null;
+      this.offset = null;
+      /** True between a subscribe reply and the end of the connection. */
+      this.active = false;
+      /** Messages dropped because their offset was already seen. */
+      this.duplicatesDropped = 0;
+      /** The result of the latest subscribe reply. */
+      this.lastReply = null;
+      this._closed = false;
+      this._recovering = false;
+      if (typeof onMessage === 'function') this.on('message', onMessage);
+      if (typeof opts.onJoin === 'function') this.on('join', opts.onJoin);
+      if (typeof opts.onLeave === 'function') this.on('leave', opts.onLeave);
+      if (typeof opts.onGap === 'function') this.on('gap', opts.onGap);
+      if (typeof opts.onRecoveryFailed === 'function') {
+        var cb = opts.onRecoveryFailed;
+        this.on('gap', function (info) { if (info.reason === 'recovery_failed') cb(info); });
+      }
+      if (typeof opts.onError === 'function') this.on('error', opts.onError);
+      if (typeof opts.onSubscribed === 'function') this.on('subscribed', opts.onSubscribed);
+      var self = this;
+      this.ready = new Promise(function (resolve, reject) {
+        self._resolveReady = resolve;
+        self._rejectReady = reject;
+      });
+      this.ready.catch(function () {}); // a refusal is also an 'error' event; never unhandled
+    }
+
+    /** Stop receiving; resolves when the node confirmed (or at once when not connected). */
+    unsubscribe() {
+      return this.client._unsubscribe(this);
+    }
+
+    /** Recover frame for a re-subscribe, or null. */
+    _recoverFrame() {
+      if (!this.recover || this.epoch == null || this.offset == null) return null;
+      return { epoch: this.epoch, offset: this.offset };
+    }
+
+    _onSubscribed(result, recovering) {
+      this.active = true;
+      this._recovering = false;
+      this.lastReply = result;
+      var durable = result && result.epoch != null && typeof result.offset === 'number';
+      if (durable) {
+        if (recovering && result.recovered === false) {
+          var info = {
+            reason: 'recovery_failed', channel: this.channel,
+            epoch: result.epoch, offset: result.offset,
+            previousEpoch: this.epoch, previousOffset: this.offset,
+          };
+          this.epoch = result.epoch;
+          this.offset = result.offset;
+          this._emit('gap', info);
+        } else if (recovering) {
+          // recovered: the node sends every message after our offset, before newer ones;
+          // our offset advances as they arrive (they may come after this reply).
+          if (result.epoch !== this.epoch) {
+            var prev = this.epoch;
+            this.epoch = result.epoch;
+            this.offset = result.offset;
+            this._emit('gap', { reason: 'epoch_changed', channel: this.channel, epoch: result.epoch, offset: result.offset, previousEpoch: prev });
+          }
+        } else if (this.epoch !== result.epoch || this.offset == null) {
+          this.epoch = result.epoch;
+          this.offset = result.offset;
+        } else {
+          this.offset = Math.max(this.offset, result.offset);
+        }
+      }
+      this._emit('subscribed', result, { recovering: recovering });
+      if (this._resolveReady) {
+        var r = this._resolveReady;
+        this._resolveReady = this._rejectReady = null;
+        r(result);
+      }
+    }
+
+    _fail(err) {
+      this.active = false;
+      this._closed = true;
+      this._emit('error', err);
+      if (this._rejectReady) {
+        var r = this._rejectReady;
+        this._resolveReady = this._rejectReady = null;
+        r(err);
+      }
+    }
+
+    _deliver(frame) {
+      if (typeof frame.offset === 'number' && frame.epoch != null) {
+        if (this.epoch == null || this.offset == null) {
+          this.epoch = frame.epoch;
+          this.offset = frame.offset;
+        } else if (frame.epoch !== this.epoch) {
+          var prev = this.epoch;
+          this.epoch = frame.epoch;
+          this.offset = frame.offset;
+          this._emit('gap', { reason: 'epoch_changed', channel: this.channel, epoch: frame.epoch, offset: frame.offset, previousEpoch: prev });
+        } else if (frame.offset <= this.offset) {
+          this.duplicatesDropped++;
+          return;
+        } else {
+          if (frame.offset > this.offset + 1 && !this._recovering) {
+            this._emit('gap', { reason: 'missing', channel: this.channel, epoch: this.epoch, from: this.offset + 1, to: frame.offset - 1 });
+          }
+          this.offset = frame.offset;
+        }
+      }
+      this._emit('message', frame.data, frame);
+    }
+  }
+
+  /** A connection to one Herald node, with reconnects and re-subscription. */
+  class Herald extends Emitter {
+    constructor(url, options) {
+      super();
+      if (!url) throw new TypeError('Herald: url is required');
+      var o = options || {};
+      this.url = url;
+      this.options = {
+        requestTimeoutMs: o.requestTimeoutMs > 0 ? o.requestTimeoutMs : DEFAULT_REQUEST_TIMEOUT_MS,
+        pingIntervalMs: o.pingIntervalMs > 0 ? o.pingIntervalMs : null,
+        backoff: {
+          baseMs: o.backoff && o.backoff.baseMs >= 0 ? o.backoff.baseMs : DEFAULT_BACKOFF.baseMs,
+          maxMs: o.backoff && o.backoff.maxMs >= 0 ? o.backoff.maxMs : DEFAULT_BACKOFF.maxMs,
+        },
+      };
+      this._WebSocket = o.WebSocket || root.WebSocket;
+      this._random = typeof o.random === 'function' ? o.random : Math.random;
+      this._token = o.token != null ? o.token : null;
+      this._getToken = typeof o.getToken === 'function' ? o.getToken : null;
+      this._subs = new Map();
+      this._pending = new Map();
+      this._nextId = 1;
+      this._ws = null;
+      this._state = 'idle';
+      this._want = false;
+      this._attempt = 0;
+      this._gen = 0;
+      this._reconnectTimer = null;
+      this._pingTimer = null;
+      this._pingInFlight = false;
+      this._waiters = [];
+      /** The latest welcome frame, and its session and node. */
+      this.welcome = null;
+      this.session = null;
+      this.node = null;
+    }
+
+    /** 'idle' | 'connecting' | 'connected' | 'reconnecting' | 'closed' */
+    get state() { return this._state; }
+
+    /** The current subscriptions, by channel. */
+    get subscriptions() { return new Map(this._subs); }
+
+    /**
+     * Start connecting (and keep reconnecting). Resolves with the welcome frame once
+     * connected; rejects (code 'closed') if the client stops before that.
+     */
+    connect() {
+      if (this._state === 'connected') return Promise.resolve(this.welcome);
+      var self = this;
+      var p = new Promise(function (resolve, reject) { self._waiters.push({ resolve: resolve, reject: reject }); });
+      p.catch(function () {});
+      if (!this._want) {
+        this._want = true;
+        this._attempt = 0;
+        this._open();
+      }
+      return p;
+    }
+
+    /** Close the connection (code 1000) and stop reconnecting. Subscriptions are kept for a later connect(). */
+    close() {
+      this._want = false;
+      this._gen++;
+      this._clearReconnect();
+      var ws = this._ws;
+      if (ws) {
+        this._ws = null;
+        this._detach(ws);
+        try { ws.close(1000, 'client closed'); } catch (e) { /* already closing */ }
+        this._socketClosed(1000, 'client closed', true);
+      } else if (this._state !== 'closed' && this._state !== 'idle') {
+        this._setState('closed');
+        this._emit('disconnected', { code: 1000, reason: 'client closed', willReconnect: false });
+        this._rejectWaiters(new HeraldError('closed', 'the client was closed'));
+      }
+    }
+
+    /**
+     * Subscribe to a channel. The subscription is (re)sent on every connection until
+     * unsubscribe(). Options: recover (default true), onJoin, onLeave, onGap,
+     * onRecoveryFailed, onSubscribed, onError.
+     */
+    subscribe(channel, onMessage, options) {
+      if (typeof channel !== 'string' || !CHANNEL_RE.test(channel)) {
+        throw new HeraldError('bad_request', 'invalid channel name: ' + channel);
+      }
+      if (this._subs.has(channel)) {
+        throw new HeraldError('already_subscribed', 'already subscribed to ' + channel + '; use the existing Subscription');
+      }
+      var sub = new Subscription(this, channel, onMessage, options || {});
+      this._subs.set(channel, sub);
+      if (this._state === 'connected') this._sendSubscribe(sub);
+      return sub;
+    }
+
+    /** Publish; resolves with the reply result ({} or {epoch, offset} or {stream_id}). */
+    publish(channel, data, options) {
+      var frame = { op: 'publish', channel: channel, data: data };
+      if (options && options.idempotencyKey != null) frame.idempotency_key = options.idempotencyKey;
+      return this._request(frame);
+    }
+
+    /** History of a durable channel: options since {epoch, offset}, limit. */
+    history(channel, options) {
+      var frame = { op: 'history', channel: channel };
+      if (options && options.since) frame.since = options.since;
+      if (options && options.limit != null) frame.limit = options.limit;
+      return this._request(frame);
+    }
+
+    presence(channel) { return this._request({ op: 'presence', channel: channel }); }
+
+    presenceStats(channel) { return this._request({ op: 'presence_stats', channel: channel }); }
+
+    /** Replace the session's token (op refresh); later reconnects use it too. */
+    refresh(token) {
+      var self = this;
+      return this._request({ op: 'refresh', token: token }).then(function (r) { self._token = token; return r; });
+    }
+
+    /** Application-level ping; resolves with the round-trip time in ms. */
+    ping() {
+      var t0 = Date.now();
+      return this._request({ op: 'ping' }).then(function () { return Date.now() - t0; });
+    }
+
+    // ---- internals -------------------------------------------------------------------
+
+    _setState(s) {
+      if (this._state === s) return;
+      this._state = s;
+      this._emit('state', s);
+    }
+
+    _clearReconnect() {
+      if (this._reconnectTimer) { clearTimeout(this._reconnectTimer); this._reconnectTimer = null; }
+    }
+
+    _open() {
+      this._clearReconnect();
+      var gen = ++this._gen;
+      var self = this;
+      this._setState('connecting');
+      this._emit('connecting', { attempt: this._attempt });
+      if (!this._getToken) { this._openSocket(this._token); return; }
+      Promise.resolve().then(function () { return self._getToken(); }).then(function (token) {
+        if (gen !== self._gen || !self._want) return;
+        self._token = token;
+        self._openSocket(token);
+      }, function (err) {
+        if (gen !== self._gen || !self._want) return;
+        self._emit('error', new HeraldError('token_error', 'getToken failed: ' + (err && err.message || err), { cause: err }));
+        self._socketClosed(1006, 'getToken failed', false);
+      });
+    }
+
+    _openSocket(token) {
+      var ws;
+      try {
+        if (typeof this._WebSocket !== 'function') throw new HeraldError('unsupported', 'no WebSocket implementation');
+        ws = new this._WebSocket(buildUrl(this.url, token));
+      } catch (err) {
+        this._emit('error', err);
+        this._socketClosed(1006, 'could not open WebSocket', false);
+        return;
+      }
+      this._ws = ws;
+      var self = this;
+      ws.onmessage = function (ev) { if (self._ws === ws) self._onFrame(ev.data); };
+      ws.onclose = function (ev) {
+        if (self._ws !== ws) return;
+        self._ws = null;
+        self._socketClosed(ev.code, ev.reason || '', false);
+      };
+      ws.onerror = function () { /* a close event follows */ };
+    }
+
+    _detach(ws) {
+      ws.onmessage = ws.onclose = ws.onerror = ws.onopen = null;
+    }
+
+    /** Give up on the current socket now (no close handshake wait) and handle it as closed. */
+    _dropSocket(code, reason) {
+      var ws = this._ws;
+      if (!ws) return;
+      this._ws = null;
+      this._detach(ws);
+      try { ws.close(4000, reason); } catch (e) { /* ignore */ }
+      this._socketClosed(code, reason, false);
+    }
+
+    _onFrame(data) {
+      var msg;
+      try {
+        msg = JSON.parse(typeof data === 'string' ? data : String(data));
+      } catch (e) {
+        this._emit('error', new HeraldError('bad_frame', 'a frame from the node is not JSON'));
+        return;
+      }
+      if (!msg || typeof msg !== 'object') return;
+      switch (msg.type) {
+        case 'welcome': this._onWelcome(msg); break;
+        case 'reply': this._onReply(msg); break;
+        case 'message': this._onMessage(msg); break;
+        case 'join':
+        case 'leave': this._onPresence(msg); break;
+        default: break; // newer frame types: ignored (protocol v1 is extended compatibly)
+      }
+    }
+
+    _onWelcome(msg) {
+      this.welcome = msg;
+      this.session = msg.session != null ? msg.session : null;
+      this.node = msg.node != null ? msg.node : null;
+      this._attempt = 0;
+      this._setState('connected');
+      this._startPing(msg.ping_interval_ms);
+      var self = this;
+      this._subs.forEach(function (sub) { self._sendSubscribe(sub); });
+      this._emit('connected', msg);
+      var waiters = this._waiters;
+      this._waiters = [];
+      waiters.forEach(function (w) { w.resolve(msg); });
+    }
+
+    _onReply(msg) {
+      if (msg.id == null) {
+        if (msg.error) this._emit('error', new HeraldError(msg.error.code || 'internal', msg.error.message));
+        return;
+      }
+      var p = this._pending.get(msg.id);
+      if (!p) return; // timed out already
+      this._pending.delete(msg.id);
+      clearTimeout(p.timer);
+      if (msg.error) {
+        p.reject(new HeraldError(msg.error.code || 'internal', msg.error.message || msg.error.code, { op: p.op }));
+      } else {
+        p.resolve(msg.result != null ? msg.result : {});
+      }
+    }
+
+    _onMessage(msg) {
+      this._emit('message', msg);
+      var sub = this._subs.get(msg.channel);
+      if (sub) sub._deliver(msg);
+    }
+
+    _onPresence(msg) {
+      var sub = this._subs.get(msg.channel);
+      if (sub) sub._emit(msg.type, msg.client, msg);
+    }
+
+    _request(frame) {
+      var self = this;
+      return new Promise(function (resolve, reject) {
+        var ws = self._ws;
+        if (self._state !== 'connected' || !ws) {
+          reject(new HeraldError('not_connected', frame.op + ': not connected', { op: frame.op }));
+          return;
+        }
+        var id = self._nextId++;
+        var out = { id: id };
+        Object.keys(frame).forEach(function (k) { out[k] = frame[k]; });
+        var ms = self.options.requestTimeoutMs;
+        var timer = setTimeout(function () {
+          if (!self._pending.has(id)) return;
+          self._pending.delete(id);
+          reject(new HeraldError('timeout', frame.op + ': no reply within ' + ms + ' ms', { op: frame.op }));
+        }, ms);
+        self._pending.set(id, { resolve: resolve, reject: reject, timer: timer, op: frame.op });
+        try {
+          ws.send(JSON.stringify(out));
+        } catch (err) {
+          clearTimeout(timer);
+          self._pending.delete(id);
+          reject(new HeraldError('not_connected', frame.op + ': send failed: ' + (err && err.message), { op: frame.op }));
+        }
+      });
+    }
+
+    _sendSubscribe(sub) {
+      var self = this;
+      var frame = { op: 'subscribe', channel: sub.channel };
+      var recover = sub._recoverFrame();
+      if (recover) frame.recover = recover;
+      sub._recovering = !!recover;
+      this._request(frame).then(function (result) {
+        if (self._subs.get(sub.channel) !== sub) return;
+        sub._onSubscribed(result, !!recover);
+      }, function (err) {
+        if (self._subs.get(sub.channel) !== sub) return;
+        if (err.code === 'disconnected' || err.code === 'not_connected' || err.code === 'closed') return; // resent on reconnect
+        if (err.code === 'timeout') { self._dropSocket(1006, 'subscribe timed out'); return; }
+        self._subs.delete(sub.channel);
+        sub._fail(err);
+      });
+    }
+
+    _unsubscribe(sub) {
+      if (this._subs.get(sub.channel) !== sub) return Promise.resolve();
+      this._subs.delete(sub.channel);
+      sub.active = false;
+      sub._closed = true;
+      if (sub._rejectReady) {
+        var r = sub._rejectReady;
+        sub._resolveReady = sub._rejectReady = null;
+        r(new HeraldError('unsubscribed', 'unsubscribed before the node confirmed'));
+      }
+      if (this._state !== 'connected') return Promise.resolve();
+      return this._request({ op: 'unsubscribe', channel: sub.channel }).then(function () {}, function (err) {
+        if (err.code === 'disconnected' || err.code === 'not_connected') return; // the session is gone anyway
+        throw err;
+      });
+    }
+
+    _startPing(welcomeMs) {
+      this._stopPing();
+      var ms = this.options.pingIntervalMs || (welcomeMs > 0 ? welcomeMs : DEFAULT_PING_INTERVAL_MS);
+      var self = this;
+      this._pingTimer = setInterval(function () { self._autoPing(); }, ms);
+    }
+
+    _stopPing() {
+      if (this._pingTimer) { clearInterval(this._pingTimer); this._pingTimer = null; }
+      this._pingInFlight = false;
+    }
+
+    _autoPing() {
+      if (this._pingInFlight || this._state !== 'connected') return;
+      this._pingInFlight = true;
+      var self = this;
+      var ws = this._ws;
+      this._request({ op: 'ping' }).then(function () {
+        self._pingInFlight = false;
+      }, function (err) {
+        self._pingInFlight = false;
+        if (err.code === 'timeout' && self._ws === ws) self._dropSocket(1006, 'ping timeout');
+      });
+    }
+
+    _rejectWaiters(err) {
+      var waiters = this._waiters;
+      this._waiters = [];
+      waiters.forEach(function (w) { w.reject(err); });
+    }
+
+    _socketClosed(code, reason, clientInitiated) {
+      this._stopPing();
+      var pending = this._pending;
+      this._pending = new Map();
+      pending.forEach(function (p) {
+        clearTimeout(p.timer);
+        p.reject(new HeraldError('disconnected', p.op + ': the connection closed before the reply', { op: p.op }));
+      });
+      this._subs.forEach(function (sub) { sub.active = false; });
+
+      var action = this._want ? closeAction(code, clientInitiated) : 'stop';
+      if (action === 'refresh_token' && !this._getToken) {
+        this._emit('error', new HeraldError('token_expired', 'the token expired (close 4001) and no getToken option was given'));
+        action = 'stop';
+      }
+      if (action === 'stop') {
+        this._want = false;
+        this._setState('closed');
+        this._emit('disconnected', { code: code, reason: reason, willReconnect: false });
+        this._rejectWaiters(new HeraldError('closed', 'connection closed (' + code + (reason ? ' ' + reason : '') + ')', { closeCode: code }));
+        return;
+      }
+      var delayMs = backoffDelay(this._attempt, this.options.backoff, this._random);
+      this._attempt++;
+      this._setState('reconnecting');
+      this._emit('disconnected', { code: code, reason: reason, willReconnect: true, delayMs: delayMs });
+      var self = this;
+      this._clearReconnect();
+      this._reconnectTimer = setTimeout(function () {
+        self._reconnectTimer = null;
+        if (self._want) self._open();
+      }, delayMs);
+    }
+  }
+
+  Herald.HeraldError = HeraldError;
+  Herald.Subscription = Subscription;
+  Herald.backoffDelay = backoffDelay;
+  Herald.closeAction = closeAction;
+  Herald.buildUrl = buildUrl;
+  Herald.version = '1.0.0';
+  Herald.protocolVersion = 1;
+
+  root.Herald = Herald;
+  if (typeof module === 'object' && module && module.exports) module.exports = Herald;
+})(typeof globalThis !== 'undefined' ? globalThis : typeof self !== 'undefined' ? self : this);
