@@ -1,14 +1,39 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Herald: a real-time WebSocket fan-out gateway.
+//!
+//! The path of a message, file by file:
+//!
+//! 1. A publish arrives over HTTP ([`api`]) or as a WebSocket op ([`ws::session`]);
+//!    [`publish`] hands it to the [`backplane`].
+//! 2. The backplane ([`backplane::memory`] in one process, [`backplane::redis`] across
+//!    a fleet) encodes the `message` frame once and carries it to every node, the
+//!    publishing node included: there is one path and so one order per channel.
+//!    Durable channels get their offset in the same atomic step (`publish.lua`).
+//! 3. Each node's backplane reader validates the payload once and gives the shared
+//!    bytes to the [`hub`], which `try_send`s them into the bounded queue of every
+//!    local subscriber ([`ws::outbox`]). A full queue closes that one client (4008).
+//! 4. Each connection's writer task drains its queue into the socket, many frames per
+//!    flush.
+//!
+//! Around that path: [`subscriptions`] keeps the node subscribed on the backplane
+//! exactly where it has local interest and makes `subscribe` a barrier;
+//! [`recovery`] and [`gaps`] make durable channels loss-free; [`shutdown`] drains.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+#![forbid(unsafe_code)]
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub mod api;
+pub mod auth;
+pub mod backplane;
+pub mod config;
+pub mod error;
+pub mod gaps;
+pub mod history;
+pub mod hub;
+pub mod metrics;
+pub mod protocol;
+pub mod publish;
+pub mod recovery;
+pub mod server;
+pub mod shutdown;
+pub mod subscriptions;
+pub mod tokens;
+pub mod ws;

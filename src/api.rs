@@ -1,0 +1,229 @@
+//! The HTTP API of PROTOCOL §3: publish, history, health, readiness, metrics.
+//!
+//! Bodies are read as bytes under the node's body limit and parsed here, so every
+//! refusal, including a body too large or not JSON, has the protocol's error body.
+//! The API is the backends' door: it needs an API key where keys are configured, and
+//! is not subject to namespace rules, only to channel names and known namespaces.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use crate::auth::api_key_matches;
+use crate::config::Namespace;
+use crate::error::{ErrorCode, OpError};
+use crate::protocol::{self, validate_channel};
+use crate::publish;
+use crate::server::AppState;
+
+/// `{"error":{"code","message"}}` with the status of its code.
+pub fn error_response(code: ErrorCode, message: &str) -> Response {
+    let body = json!({"error": {"code": code.as_str(), "message": message}});
+    (code.http_status(), axum::Json(body)).into_response()
+}
+
+impl IntoResponse for OpError {
+    fn into_response(self) -> Response {
+        error_response(self.code, &self.message)
+    }
+}
+
+/// Refuses `/api/*` requests without a valid `Authorization: Bearer` key (where keys
+/// are configured). The key is never logged.
+pub async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let keys = &state.config.auth.api_keys;
+    if !keys.is_empty() {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !api_key_matches(presented.trim(), keys) {
+            return error_response(ErrorCode::Unauthorized, "missing or invalid API key");
+        }
+    }
+    next.run(req).await
+}
+
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+fn namespace_for(state: &AppState, channel: &str) -> Result<Namespace, OpError> {
+    validate_channel(channel).map_err(|m| OpError::new(ErrorCode::BadRequest, format!("'{channel}': {m}")))?;
+    state.config.namespaces.for_channel(channel).cloned().ok_or_else(|| {
+        OpError::new(
+            ErrorCode::NotFound,
+            format!("unknown namespace '{}'", protocol::namespace_of(channel)),
+        )
+    })
+}
+
+/// `POST /api/publish`, both forms.
+pub async fn publish(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error_response(
+                ErrorCode::LimitExceeded,
+                &format!("body larger than {} bytes", state.config.limits.max_body_bytes),
+            );
+        }
+        Err(e) => return error_response(ErrorCode::BadRequest, &e.body_text()),
+    };
+    let req: PublishBody<'_> = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error_response(ErrorCode::BadRequest, &format!("invalid JSON body: {e}")),
+    };
+    let Some(data) = req.data else {
+        return error_response(ErrorCode::BadRequest, "missing field 'data'");
+    };
+    let key = req
+        .idempotency_key
+        .clone()
+        .or_else(|| headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(String::from));
+    if key.is_some() {
+        return error_response(ErrorCode::BadRequest, "idempotency keys are not supported by this node");
+    }
+    match (req.channel, req.channels) {
+        (Some(channel), None) => {
+            let ns = match namespace_for(&state, &channel) {
+                Ok(ns) => ns,
+                Err(e) => return e.into_response(),
+            };
+            match publish::publish(&state, &channel, &ns, data).await {
+                Ok(result) => (StatusCode::OK, axum::Json(result)).into_response(),
+                Err(e) => e.into_response(),
+            }
+        }
+        (None, Some(channels)) => publish_many(&state, channels, data).await,
+        _ => error_response(ErrorCode::BadRequest, "give exactly one of 'channel' and 'channels'"),
+    }
+}
+
+/// The `channels` form: validated as a whole, then published channel by channel.
+async fn publish_many(state: &AppState, channels: Vec<String>, data: &RawValue) -> Response {
+    let max = state.config.limits.max_channels_per_publish;
+    if channels.len() > max {
+        return error_response(ErrorCode::LimitExceeded, &format!("at most {max} channels per publish"));
+    }
+    if channels.is_empty() {
+        return error_response(ErrorCode::BadRequest, "'channels' is empty");
+    }
+    let mut namespaces = Vec::with_capacity(channels.len());
+    for channel in &channels {
+        match namespace_for(state, channel) {
+            Ok(ns) => namespaces.push(ns),
+            Err(e) => return e.into_response(),
+        }
+    }
+    let mut results = Vec::with_capacity(channels.len());
+    let mut status = StatusCode::OK;
+    for (channel, ns) in channels.iter().zip(&namespaces) {
+        match publish::publish(state, channel, ns, data).await {
+            Ok(mut result) => {
+                result["channel"] = json!(channel);
+                results.push(result);
+            }
+            Err(e) => {
+                status = match (status, e.code) {
+                    (_, ErrorCode::Conflict) => StatusCode::UNPROCESSABLE_ENTITY,
+                    (StatusCode::UNPROCESSABLE_ENTITY, _) => status,
+                    _ => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                results.push(json!({"channel": channel, "error": {"code": e.code.as_str(), "message": e.message}}));
+            }
+        }
+    }
+    (status, axum::Json(json!({"results": results}))).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct HistoryParams {
+    since: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    epoch: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /api/channels/{channel}/history?since=&epoch=&limit=`.
+pub async fn history(
+    State(state): State<Arc<AppState>>,
+    Path(channel): Path<String>,
+    Query(params): Query<HistoryParams>,
+) -> Response {
+    let ns = match namespace_for(&state, &channel) {
+        Ok(ns) => ns,
+        Err(e) => return e.into_response(),
+    };
+    let number = |v: &Option<String>, name: &str| -> Result<Option<u64>, Response> {
+        match v {
+            None => Ok(None),
+            Some(s) => s
+                .parse()
+                .map(Some)
+                .map_err(|_| error_response(ErrorCode::BadRequest, &format!("'{name}' must be a non-negative integer"))),
+        }
+    };
+    let since = match number(&params.since, "since") {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let limit = match number(&params.limit, "limit") {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match crate::history::read(&state, &channel, &ns, since, limit).await {
+        Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /healthz`: the process is alive.
+pub async fn healthz() -> Response {
+    (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
+}
+
+/// `GET /readyz`: connected, re-subscribed and not draining.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let link = state.link();
+    let body: Value = json!({
+        "node": state.config.node_id,
+        "backplane_connected": link.connected,
+        "subscriptions_current": state.subscriptions.is_current(link),
+        "draining": state.is_draining(),
+    });
+    let status = if state.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body)).into_response()
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,122 @@
+//! The backplane: the one path every message takes between a publisher and the hubs
+//! of every node, also the publishing node's own.
+//!
+//! Two engines implement [`Backplane`]: [`memory`] (one process, no Redis, the
+//! default) and [`redis`] (a fleet). Both keep the guarantees of PROTOCOL §2.2:
+//! a confirmed `subscribe` is a barrier, messages of a channel keep one order, and
+//! durable channels number their messages `1, 2, 3 …` within an epoch.
+//!
+//! Engines deliver what they receive to the [`crate::hub::Hub`] they were built with;
+//! they do not decide when to subscribe (that is [`crate::subscriptions`]).
+
+pub mod memory;
+pub mod redis;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+use serde_json::value::RawValue;
+use tokio::sync::watch;
+
+use crate::error::BackplaneError;
+
+/// History settings of a durable channel (from its namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durability {
+    pub history_size: u64,
+    pub history_ttl: Duration,
+}
+
+/// One publication.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRequest<'a> {
+    pub channel: &'a str,
+    pub data: &'a RawValue,
+    pub durable: Option<Durability>,
+}
+
+/// A durable channel's epoch and newest offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// What the backplane answered to a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    Plain,
+    Durable(Position),
+}
+
+/// Which part of a durable channel's history to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryQuery {
+    /// The oldest `limit` messages after `offset` (exclusive).
+    After { offset: u64, limit: Option<u64> },
+    /// The newest `limit` messages.
+    Newest { limit: Option<u64> },
+}
+
+/// One stored message: its offset and its full `message` frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub offset: u64,
+    pub frame: Utf8Bytes,
+}
+
+/// A read of a durable channel's history, consistent with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct History {
+    pub position: Position,
+    /// Ascending by offset.
+    pub messages: Vec<StoredMessage>,
+}
+
+/// The state of the node's link to the backplane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Link {
+    /// Increases each time the link (re)connects and subscriptions must be made again.
+    pub generation: u64,
+    pub connected: bool,
+}
+
+#[async_trait]
+pub trait Backplane: Send + Sync + 'static {
+    /// Publishes to every subscriber on every node. `Ok` means the backplane accepted
+    /// the message; on `Err` nothing was published (or, after a timeout, it may have
+    /// been: the caller may retry, PROTOCOL §3).
+    async fn publish(&self, req: PublishRequest<'_>) -> Result<Published, BackplaneError>;
+
+    /// Subscribes this node to a channel; returns once the backplane confirmed it, so
+    /// that everything published afterwards reaches the hub (the subscribe barrier).
+    async fn subscribe(&self, channel: &str) -> Result<(), BackplaneError>;
+
+    /// Subscribes to many channels at once (after a reconnect).
+    async fn subscribe_many(&self, channels: &[&str]) -> Result<(), BackplaneError>;
+
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BackplaneError>;
+
+    /// Watches the link; a new generation means every subscription was lost.
+    fn link(&self) -> watch::Receiver<Link>;
+
+    /// The epoch and newest offset of a durable channel, creating its epoch if it has
+    /// none yet (so that a subscriber holds it before the first message).
+    async fn position(&self, channel: &str, durability: Durability) -> Result<Position, BackplaneError>;
+
+    /// Reads history, atomically with the position it answers.
+    async fn history(
+        &self,
+        channel: &str,
+        durability: Durability,
+        query: HistoryQuery,
+    ) -> Result<History, BackplaneError>;
+}
+
+/// Makes a new random epoch: 12 characters of [A-Za-z0-9].
+pub fn new_epoch() -> String {
+    use rand::Rng;
+    use rand::distr::Alphanumeric;
+    rand::rng().sample_iter(&Alphanumeric).take(12).map(char::from).collect()
+}

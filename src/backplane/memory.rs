@@ -1,0 +1,219 @@
+//! The in-process backplane: one node, no Redis. The default for `cargo run`.
+//!
+//! A publish goes straight to the hub. Durable channels keep a ring of their newest
+//! `history_size` frames and an epoch, created with the ring; a ring unused for its
+//! `history_ttl` is dropped, and the next use starts a new epoch, as Redis would after
+//! its keys expired. Offsets are assigned and frames dispatched under one per-channel
+//! lock, so every subscriber sees offsets in order.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+use dashmap::DashMap;
+use tokio::sync::watch;
+
+use super::{
+    Backplane, Durability, History, HistoryQuery, Link, Position, PublishRequest, Published, StoredMessage, new_epoch,
+};
+use crate::error::BackplaneError;
+use crate::hub::Hub;
+use crate::protocol::{self, Sequence};
+
+struct Ring {
+    epoch: String,
+    offset: u64,
+    frames: VecDeque<StoredMessage>,
+    touched: Instant,
+}
+
+pub struct MemoryBackplane {
+    hub: Arc<Hub>,
+    rings: DashMap<Arc<str>, Arc<Mutex<Ring>>>,
+    link: watch::Sender<Link>,
+}
+
+impl MemoryBackplane {
+    pub fn new(hub: Arc<Hub>) -> Self {
+        let (link, _) = watch::channel(Link {
+            generation: 1,
+            connected: true,
+        });
+        Self {
+            hub,
+            rings: DashMap::new(),
+            link,
+        }
+    }
+
+    /// The channel's ring, started afresh (new epoch) when missing or expired.
+    fn ring(&self, channel: &str, d: Durability) -> Arc<Mutex<Ring>> {
+        let fresh = || {
+            Arc::new(Mutex::new(Ring {
+                epoch: new_epoch(),
+                offset: 0,
+                frames: VecDeque::new(),
+                touched: Instant::now(),
+            }))
+        };
+        let ring = self.rings.entry(channel.into()).or_insert_with(fresh).clone();
+        let expired = lock(&ring).touched.elapsed() > d.history_ttl;
+        if expired {
+            let new = fresh();
+            self.rings.insert(channel.into(), new.clone());
+            return new;
+        }
+        ring
+    }
+}
+
+fn lock(ring: &Mutex<Ring>) -> std::sync::MutexGuard<'_, Ring> {
+    ring.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[async_trait]
+impl Backplane for MemoryBackplane {
+    async fn publish(&self, req: PublishRequest<'_>) -> Result<Published, BackplaneError> {
+        let now = Instant::now();
+        let Some(d) = req.durable else {
+            let frame = protocol::message_frame(req.channel, req.data, None);
+            let frame = Utf8Bytes::try_from(frame).map_err(|e| BackplaneError::Protocol(e.to_string()))?;
+            self.hub.dispatch(req.channel, &frame, None, now);
+            return Ok(Published::Plain);
+        };
+        let ring = self.ring(req.channel, d);
+        // One lock from offset to dispatch: the order of offsets is the order of delivery.
+        let mut r = lock(&ring);
+        r.offset += 1;
+        r.touched = now;
+        let offset = r.offset;
+        let frame = protocol::message_frame(
+            req.channel,
+            req.data,
+            Some(Sequence {
+                offset,
+                epoch: &r.epoch,
+            }),
+        );
+        let frame = Utf8Bytes::try_from(frame).map_err(|e| BackplaneError::Protocol(e.to_string()))?;
+        r.frames.push_back(StoredMessage {
+            offset,
+            frame: frame.clone(),
+        });
+        while r.frames.len() as u64 > d.history_size {
+            r.frames.pop_front();
+        }
+        let epoch = r.epoch.clone();
+        self.hub.dispatch(req.channel, &frame, Some((offset, &epoch)), now);
+        Ok(Published::Durable(Position {
+            epoch: r.epoch.clone(),
+            offset,
+        }))
+    }
+
+    async fn subscribe(&self, _channel: &str) -> Result<(), BackplaneError> {
+        Ok(())
+    }
+
+    async fn subscribe_many(&self, _channels: &[&str]) -> Result<(), BackplaneError> {
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, _channel: &str) -> Result<(), BackplaneError> {
+        Ok(())
+    }
+
+    fn link(&self) -> watch::Receiver<Link> {
+        self.link.subscribe()
+    }
+
+    async fn position(&self, channel: &str, d: Durability) -> Result<Position, BackplaneError> {
+        let ring = self.ring(channel, d);
+        let mut r = lock(&ring);
+        r.touched = Instant::now();
+        Ok(Position {
+            epoch: r.epoch.clone(),
+            offset: r.offset,
+        })
+    }
+
+    async fn history(&self, channel: &str, d: Durability, query: HistoryQuery) -> Result<History, BackplaneError> {
+        let ring = self.ring(channel, d);
+        let r = lock(&ring);
+        let messages: Vec<StoredMessage> = match query {
+            HistoryQuery::After { offset, limit } => {
+                let limit = limit.unwrap_or(u64::MAX) as usize;
+                r.frames.iter().filter(|m| m.offset > offset).take(limit).cloned().collect()
+            }
+            HistoryQuery::Newest { limit } => {
+                let limit = limit.unwrap_or(u64::MAX) as usize;
+                let skip = r.frames.len().saturating_sub(limit);
+                r.frames.iter().skip(skip).cloned().collect()
+            }
+        };
+        Ok(History {
+            position: Position {
+                epoch: r.epoch.clone(),
+                offset: r.offset,
+            },
+            messages,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use serde_json::value::RawValue;
+    use std::time::Duration;
+
+    fn engine() -> MemoryBackplane {
+        MemoryBackplane::new(Arc::new(Hub::new(Arc::new(Metrics::new("t")))))
+    }
+
+    const D: Durability = Durability {
+        history_size: 3,
+        history_ttl: Duration::from_secs(60),
+    };
+
+    #[tokio::test]
+    async fn offsets_are_consecutive_and_history_is_trimmed() {
+        let e = engine();
+        let data = RawValue::from_string("1".into()).unwrap();
+        let req = PublishRequest {
+            channel: "c",
+            data: &data,
+            durable: Some(D),
+        };
+        for want in 1..=5 {
+            match e.publish(req).await.unwrap() {
+                Published::Durable(p) => assert_eq!(p.offset, want),
+                other => panic!("{other:?}"),
+            }
+        }
+        let h = e.history("c", D, HistoryQuery::After { offset: 0, limit: None }).await.unwrap();
+        assert_eq!(h.messages.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![3, 4, 5]);
+        let h = e.history("c", D, HistoryQuery::Newest { limit: Some(2) }).await.unwrap();
+        assert_eq!(h.messages.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![4, 5]);
+        let h = e.history("c", D, HistoryQuery::After { offset: 3, limit: Some(1) }).await.unwrap();
+        assert_eq!(h.messages.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![4]);
+        assert_eq!(h.position.offset, 5);
+    }
+
+    #[tokio::test]
+    async fn an_expired_channel_starts_a_new_epoch() {
+        let e = engine();
+        let short = Durability {
+            history_size: 3,
+            history_ttl: Duration::from_millis(20),
+        };
+        let first = e.position("c", short).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let second = e.position("c", short).await.unwrap();
+        assert_ne!(first.epoch, second.epoch);
+        assert_eq!(second.offset, 0);
+    }
+}

@@ -1,0 +1,439 @@
+//! The Redis backplane (fred): pub/sub between nodes, Streams for durable history.
+//!
+//! Two connections: a command client (publishes, scripts, history) and a subscriber
+//! client (pub/sub only, so a slow command never delays a message). The subscriber's
+//! messages are read from `message_rx()` by one task that validates each payload once
+//! and hands the shared bytes to the hub; `Lagged` is counted and reported as a
+//! possible gap, never ignored.
+//!
+//! Redis outages: both clients reconnect with backoff; [`Link`] tells the rest of the
+//! node (readiness, re-subscription, gap checks). While the link is down, publishes
+//! and subscribes fail at once with `Unavailable` instead of queueing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use fred::types::config::{ReconnectPolicy, UnresponsiveConfig};
+use fred::types::scripts::Script;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Backplane, Durability, History, HistoryQuery, Link, Position, PublishRequest, Published, StoredMessage, new_epoch,
+};
+use crate::error::BackplaneError;
+use crate::gaps::GapReport;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::protocol::{self, PayloadKind};
+
+const PUBLISH_LUA: &str = include_str!("publish.lua");
+const HISTORY_LUA: &str = include_str!("history.lua");
+
+/// A command that takes longer than this fails with `Unavailable`; the publisher may
+/// retry (the message may or may not have been taken).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the link state is re-checked besides fred's events.
+const LINK_CHECK: Duration = Duration::from_millis(250);
+/// Capacity of fred's pub/sub broadcast channel. A reader this far behind lags, and a
+/// lag on a durable channel is filled from history or closes its subscribers.
+const PUBSUB_CAPACITY: usize = 65_536;
+/// Channels per SUBSCRIBE command when re-subscribing in bulk.
+const SUBSCRIBE_CHUNK: usize = 500;
+
+/// Redis key names of PROTOCOL §4.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.into() }
+    }
+    pub fn pubsub(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}:ch", self.prefix)
+    }
+    pub fn stream(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}:stream", self.prefix)
+    }
+    pub fn meta(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}:meta", self.prefix)
+    }
+    /// The Herald channel of a pub/sub channel name, if it is one of ours.
+    pub fn channel_of<'a>(&self, pubsub: &'a str) -> Option<&'a str> {
+        pubsub
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":{")?
+            .strip_suffix("}:ch")
+    }
+}
+
+pub struct RedisBackplane {
+    client: Client,
+    subscriber: SubscriberClient,
+    keys: Keys,
+    publish_script: Script,
+    history_script: Script,
+    link: watch::Sender<Link>,
+}
+
+impl RedisBackplane {
+    /// Starts both clients and the tasks that read messages and watch the link. Does
+    /// not wait for Redis: a node may start before its Redis and is not ready until
+    /// the link is up.
+    pub fn start(
+        url: &str,
+        prefix: &str,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        gaps: Arc<GapReport>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, BackplaneError> {
+        let config = Config::from_url(url).map_err(|e| BackplaneError::Unavailable(format!("redis url: {e}")))?;
+        let mut builder = Builder::from_config(config);
+        builder
+            // fred's default is to never reconnect: retry forever, 100 ms to 5 s apart.
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(3);
+                c.internal_command_timeout = Duration::from_secs(3);
+                c.max_command_attempts = 1;
+                // A connection that stops answering is closed and reconnected.
+                c.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(Duration::from_secs(5)),
+                    interval: Duration::from_secs(1),
+                };
+                c.tcp.nodelay = Some(true);
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = COMMAND_TIMEOUT;
+                p.broadcast_channel_capacity = PUBSUB_CAPACITY;
+            });
+        let client = builder.build().map_err(|e| BackplaneError::Unavailable(e.to_string()))?;
+        let subscriber = builder
+            .build_subscriber_client()
+            .map_err(|e| BackplaneError::Unavailable(e.to_string()))?;
+        let (link, _) = watch::channel(Link::default());
+        let this = Arc::new(Self {
+            client,
+            subscriber,
+            keys: Keys::new(prefix),
+            publish_script: Script::from_lua(PUBLISH_LUA),
+            history_script: Script::from_lua(HISTORY_LUA),
+            link,
+        });
+        // Subscribe to events before connecting so the first connect is seen.
+        let reconnects = this.subscriber.reconnect_rx();
+        let errors = this.subscriber.error_rx();
+        let messages = this.subscriber.message_rx();
+        this.client.connect();
+        this.subscriber.connect();
+        tokio::spawn(read_messages(messages, this.keys.clone(), hub, metrics.clone(), gaps, shutdown.clone()));
+        tokio::spawn(watch_link(this.clone(), reconnects, errors, metrics, shutdown));
+        Ok(this)
+    }
+
+    fn check_link(&self) -> Result<(), BackplaneError> {
+        if self.link.borrow().connected {
+            Ok(())
+        } else {
+            Err(BackplaneError::Unavailable("redis is not connected".into()))
+        }
+    }
+
+    /// Closes both connections (graceful shutdown).
+    pub async fn quit(&self) {
+        let _ = self.subscriber.quit().await;
+        let _ = self.client.quit().await;
+    }
+
+    async fn run_history(
+        &self,
+        channel: &str,
+        d: Durability,
+        mode: &str,
+        offset: u64,
+        limit: Option<u64>,
+    ) -> Result<History, BackplaneError> {
+        self.check_link()?;
+        let keys = vec![self.keys.meta(channel), self.keys.stream(channel)];
+        let args: Vec<Value> = vec![
+            new_epoch().into(),
+            ttl_secs(d).into(),
+            mode.into(),
+            (offset as i64).into(),
+            (limit.unwrap_or(0).min(i64::MAX as u64) as i64).into(),
+        ];
+        let reply: Vec<Value> = self
+            .history_script
+            .evalsha_with_reload(&self.client, keys, args)
+            .await
+            .map_err(map_err)?;
+        parse_history(reply)
+    }
+}
+
+fn ttl_secs(d: Durability) -> i64 {
+    d.history_ttl.as_secs().max(1) as i64
+}
+
+fn map_err(e: Error) -> BackplaneError {
+    match e.kind() {
+        ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Backpressure => {
+            BackplaneError::Unavailable(e.to_string())
+        }
+        _ if e.details().starts_with("LOADING") || e.details().starts_with("BUSY") => {
+            BackplaneError::Unavailable(e.to_string())
+        }
+        _ => BackplaneError::Protocol(e.to_string()),
+    }
+}
+
+fn value_str(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.to_string()),
+        Value::Bytes(b) => std::str::from_utf8(b).ok().map(String::from),
+        Value::Integer(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn value_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Integer(i) => u64::try_from(*i).ok(),
+        other => value_str(other)?.parse().ok(),
+    }
+}
+
+fn parse_position(epoch: &Value, offset: &Value) -> Result<Position, BackplaneError> {
+    Ok(Position {
+        epoch: value_str(epoch).ok_or_else(|| BackplaneError::Protocol("epoch is not a string".into()))?,
+        offset: value_u64(offset).ok_or_else(|| BackplaneError::Protocol("offset is not an integer".into()))?,
+    })
+}
+
+fn parse_history(reply: Vec<Value>) -> Result<History, BackplaneError> {
+    if reply.len() < 2 || reply.len() % 2 != 0 {
+        return Err(BackplaneError::Protocol(format!("history reply of {} items", reply.len())));
+    }
+    let position = parse_position(&reply[0], &reply[1])?;
+    let mut messages = Vec::with_capacity(reply.len() / 2 - 1);
+    for pair in reply[2..].chunks_exact(2) {
+        let id = value_str(&pair[0]).ok_or_else(|| BackplaneError::Protocol("stream id".into()))?;
+        let offset = id
+            .split_once('-')
+            .and_then(|(ms, _)| ms.parse().ok())
+            .ok_or_else(|| BackplaneError::Protocol(format!("stream id '{id}'")))?;
+        let text = value_str(&pair[1]).ok_or_else(|| BackplaneError::Protocol("stream frame".into()))?;
+        messages.push(StoredMessage {
+            offset,
+            frame: Utf8Bytes::from(text),
+        });
+    }
+    Ok(History { position, messages })
+}
+
+#[async_trait]
+impl Backplane for RedisBackplane {
+    async fn publish(&self, req: PublishRequest<'_>) -> Result<Published, BackplaneError> {
+        self.check_link()?;
+        let channel = self.keys.pubsub(req.channel);
+        match req.durable {
+            None => {
+                let frame = protocol::message_frame(req.channel, req.data, None);
+                let _: i64 = self.client.publish(channel, frame).await.map_err(map_err)?;
+                Ok(Published::Plain)
+            }
+            Some(d) => {
+                let open = protocol::message_frame_open(req.channel, req.data);
+                let keys = vec![self.keys.meta(req.channel), self.keys.stream(req.channel), channel];
+                let args: Vec<Value> = vec![
+                    Value::Bytes(open),
+                    (d.history_size.min(i64::MAX as u64) as i64).into(),
+                    ttl_secs(d).into(),
+                    new_epoch().into(),
+                ];
+                let reply: Vec<Value> = self
+                    .publish_script
+                    .evalsha_with_reload(&self.client, keys, args)
+                    .await
+                    .map_err(map_err)?;
+                match reply.as_slice() {
+                    [epoch, offset] => Ok(Published::Durable(parse_position(epoch, offset)?)),
+                    _ => Err(BackplaneError::Protocol("publish script reply".into())),
+                }
+            }
+        }
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<(), BackplaneError> {
+        self.check_link()?;
+        self.subscriber.subscribe(self.keys.pubsub(channel)).await.map_err(map_err)
+    }
+
+    async fn subscribe_many(&self, channels: &[&str]) -> Result<(), BackplaneError> {
+        for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
+            let names: Vec<String> = chunk.iter().map(|c| self.keys.pubsub(c)).collect();
+            self.subscriber.subscribe(names).await.map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BackplaneError> {
+        self.subscriber.unsubscribe(self.keys.pubsub(channel)).await.map_err(map_err)
+    }
+
+    fn link(&self) -> watch::Receiver<Link> {
+        self.link.subscribe()
+    }
+
+    async fn position(&self, channel: &str, d: Durability) -> Result<Position, BackplaneError> {
+        Ok(self.run_history(channel, d, "none", 0, None).await?.position)
+    }
+
+    async fn history(&self, channel: &str, d: Durability, query: HistoryQuery) -> Result<History, BackplaneError> {
+        match query {
+            HistoryQuery::After { offset, limit } => self.run_history(channel, d, "after", offset, limit).await,
+            HistoryQuery::Newest { limit } => self.run_history(channel, d, "newest", 0, limit).await,
+        }
+    }
+}
+
+/// The one reader of pub/sub messages: validate once, dispatch to the hub.
+async fn read_messages(
+    mut rx: broadcast::Receiver<fred::types::Message>,
+    keys: Keys,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    gaps: Arc<GapReport>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            msg = rx.recv() => msg,
+        };
+        match msg {
+            Ok(msg) => {
+                let now = Instant::now();
+                let Some(channel) = keys.channel_of(&msg.channel) else {
+                    continue;
+                };
+                let bytes: Bytes = match msg.value {
+                    Value::String(s) => s.into_inner(),
+                    Value::Bytes(b) => b,
+                    _ => {
+                        reject(&metrics, channel, "not a string payload");
+                        continue;
+                    }
+                };
+                let Ok(frame) = Utf8Bytes::try_from(bytes) else {
+                    reject(&metrics, channel, "payload is not UTF-8");
+                    continue;
+                };
+                match protocol::check_payload(channel, frame.as_str()) {
+                    Ok(PayloadKind::Message { seq }) => {
+                        let seq = seq.as_ref().map(|(o, e)| (*o, e.as_str()));
+                        if hub.dispatch(channel, &frame, seq, now).gap {
+                            gaps.channel(channel);
+                        }
+                    }
+                    Ok(PayloadKind::Presence) => {
+                        hub.dispatch(channel, &frame, None, now);
+                    }
+                    Err(reason) => reject(&metrics, channel, &reason),
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                metrics.backplane_lagged.increment(n);
+                tracing::warn!(skipped = n, "backplane reader lagged; checking durable channels for gaps");
+                gaps.everything();
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+fn reject(metrics: &Metrics, channel: &str, reason: &str) {
+    metrics.invalid_payloads.increment(1);
+    tracing::warn!(channel, reason, "dropped an invalid backplane payload");
+}
+
+/// Keeps [`Link`] true to both connections. A reconnect of the subscriber starts a new
+/// generation: its subscriptions are gone and must be made again.
+async fn watch_link(
+    this: Arc<RedisBackplane>,
+    mut reconnects: broadcast::Receiver<Server>,
+    mut errors: broadcast::Receiver<(Error, Option<Server>)>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(LINK_CHECK);
+    let mut generation = 0u64;
+    loop {
+        let reconnected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = reconnects.recv() => !matches!(r, Err(broadcast::error::RecvError::Closed)),
+            e = errors.recv() => {
+                if let Ok((e, _)) = e {
+                    tracing::warn!(error = %e, "redis connection error");
+                }
+                false
+            }
+            _ = tick.tick() => false,
+        };
+        if reconnected {
+            generation += 1;
+            if generation > 1 {
+                metrics.backplane_reconnects.increment(1);
+                tracing::info!(generation, "redis reconnected; re-subscribing");
+            }
+        }
+        let connected = generation > 0 && this.client.is_connected() && this.subscriber.is_connected();
+        let now = Link { generation, connected };
+        this.link.send_if_modified(|l| {
+            let changed = *l != now;
+            *l = now;
+            changed
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_follow_the_protocol() {
+        let k = Keys::new("herald");
+        assert_eq!(k.pubsub("chat:1"), "herald:{chat:1}:ch");
+        assert_eq!(k.stream("chat:1"), "herald:{chat:1}:stream");
+        assert_eq!(k.meta("chat:1"), "herald:{chat:1}:meta");
+        assert_eq!(k.channel_of("herald:{chat:1}:ch"), Some("chat:1"));
+        assert_eq!(k.channel_of("other:{chat:1}:ch"), None);
+        assert_eq!(k.channel_of("herald:{chat:1}:stream"), None);
+    }
+
+    #[test]
+    fn history_replies_parse() {
+        let reply = vec![
+            Value::from("ep"),
+            Value::Integer(7),
+            Value::from("6-1"),
+            Value::from("{\"f\":6}"),
+            Value::from("7-1"),
+            Value::from("{\"f\":7}"),
+        ];
+        let h = parse_history(reply).unwrap();
+        assert_eq!(h.position, Position { epoch: "ep".into(), offset: 7 });
+        assert_eq!(h.messages.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![6, 7]);
+        assert!(parse_history(vec![Value::from("ep")]).is_err());
+        assert!(parse_history(vec![Value::from("ep"), Value::Integer(1), Value::from("x"), Value::from("y")]).is_err());
+    }
+}

@@ -1,0 +1,411 @@
+//! The hub: which local sessions are subscribed to which channel, and the fan-out of
+//! one encoded frame to all of them.
+//!
+//! The hub knows nothing of Redis; [`crate::subscriptions`] decides when the node
+//! subscribes on the backplane. Fan-out is synchronous: it clones the shared frame
+//! bytes into each subscriber's bounded queue with `try_send` and never awaits, so a
+//! dashmap read guard is held only across that loop and never across an `.await`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use dashmap::DashMap;
+
+use crate::metrics::Metrics;
+use crate::ws::outbox::{Outbox, Outgoing, Pushed};
+
+/// A node-local session number (the public session name is derived from it).
+pub type SessionId = u64;
+
+/// Where a subscriber's frames go right now.
+#[derive(Clone)]
+enum Route {
+    /// Straight into the connection's queue.
+    Live,
+    /// Held back while the session reads history (recovery): frames wait here and
+    /// are released, deduplicated by offset, once history has been sent.
+    Buffer(Arc<std::sync::Mutex<RecoveryBuffer>>),
+}
+
+/// Live frames that arrived during a recovery. Bounded by the outbox size: a burst
+/// larger than that during one recovery is treated like a slow consumer (4008).
+pub struct RecoveryBuffer {
+    pub frames: Vec<(Option<u64>, Utf8Bytes)>,
+    pub overflowed: bool,
+    limit: usize,
+}
+
+/// One local subscriber of a channel.
+#[derive(Clone)]
+pub struct Subscriber {
+    pub session: SessionId,
+    pub outbox: Outbox,
+    route: Route,
+}
+
+impl Subscriber {
+    pub fn live(session: SessionId, outbox: Outbox) -> Self {
+        Self {
+            session,
+            outbox,
+            route: Route::Live,
+        }
+    }
+
+    /// A subscriber whose frames are buffered until [`Hub::go_live`].
+    pub fn buffered(session: SessionId, outbox: Outbox, limit: usize) -> (Self, Arc<std::sync::Mutex<RecoveryBuffer>>) {
+        let buffer = Arc::new(std::sync::Mutex::new(RecoveryBuffer {
+            frames: Vec::new(),
+            overflowed: false,
+            limit,
+        }));
+        (
+            Self {
+                session,
+                outbox,
+                route: Route::Buffer(buffer.clone()),
+            },
+            buffer,
+        )
+    }
+}
+
+#[derive(Default)]
+struct ChannelState {
+    subscribers: Vec<Subscriber>,
+    /// The backplane confirmed the node's subscription to this channel.
+    confirmed: bool,
+    /// The epoch and newest offset delivered on this node (durable channels), for
+    /// duplicate suppression and gap detection.
+    position: Option<(Arc<str>, u64)>,
+}
+
+/// The outcome of one fan-out.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Fanout {
+    pub queued: u64,
+    pub dropped: u64,
+    /// The frame was not delivered: it does not follow the last delivered offset (or
+    /// belongs to another epoch). The caller must have the gap checked.
+    pub gap: bool,
+}
+
+pub struct Hub {
+    channels: DashMap<Arc<str>, ChannelState>,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            channels: DashMap::new(),
+            metrics,
+        }
+    }
+
+    /// Adds a subscriber (the caller guarantees it is not already subscribed).
+    /// Returns whether the backplane subscription is already confirmed.
+    pub fn add(&self, channel: &Arc<str>, sub: Subscriber) -> bool {
+        let mut entry = self.channels.entry(channel.clone()).or_insert_with(|| {
+            self.metrics.channels.increment(1.0);
+            ChannelState::default()
+        });
+        entry.subscribers.push(sub);
+        entry.confirmed
+    }
+
+    /// Removes a session from a channel. Returns true when the channel has no local
+    /// subscriber left (its entry stays, confirmed, until [`Hub::remove_if_empty`]).
+    pub fn remove(&self, channel: &str, session: SessionId) -> bool {
+        let Some(mut entry) = self.channels.get_mut(channel) else {
+            return false;
+        };
+        if let Some(i) = entry.subscribers.iter().position(|s| s.session == session) {
+            entry.subscribers.swap_remove(i);
+        }
+        entry.subscribers.is_empty()
+    }
+
+    /// Drops the channel's entry if nobody subscribed meanwhile. Atomic with [`Hub::add`].
+    pub fn remove_if_empty(&self, channel: &str) -> bool {
+        let removed = self.channels.remove_if(channel, |_, st| st.subscribers.is_empty()).is_some();
+        if removed {
+            self.metrics.channels.decrement(1.0);
+        }
+        removed
+    }
+
+    pub fn is_confirmed(&self, channel: &str) -> bool {
+        self.channels.get(channel).is_some_and(|e| e.confirmed)
+    }
+
+    pub fn set_confirmed(&self, channel: &str, confirmed: bool) {
+        if let Some(mut e) = self.channels.get_mut(channel) {
+            e.confirmed = confirmed;
+        }
+    }
+
+    /// Marks every channel unconfirmed (the backplane lost its subscriptions).
+    pub fn unconfirm_all(&self) {
+        for mut e in self.channels.iter_mut() {
+            e.confirmed = false;
+        }
+    }
+
+    /// Names of all channels with an entry (for re-subscribing after a reconnect).
+    pub fn channel_names(&self) -> Vec<Arc<str>> {
+        self.channels.iter().map(|e| e.key().clone()).collect()
+    }
+
+    pub fn contains(&self, channel: &str) -> bool {
+        self.channels.contains_key(channel)
+    }
+
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        self.channels.get(channel).map(|e| e.subscribers.len()).unwrap_or(0)
+    }
+
+    /// The durable position delivered on this node.
+    pub fn position(&self, channel: &str) -> Option<(Arc<str>, u64)> {
+        self.channels.get(channel).and_then(|e| e.position.clone())
+    }
+
+    /// Fans one frame out to every local subscriber of `channel`.
+    ///
+    /// `seq` is a durable frame's offset and epoch. A frame at or below the last
+    /// delivered offset is a duplicate (a gap fill raced the live path) and skipped; a
+    /// frame that skips offsets, or comes from another epoch, is held back and reported
+    /// as a gap, so that the gap filler delivers it in order from history.
+    pub fn dispatch(&self, channel: &str, frame: &Utf8Bytes, seq: Option<(u64, &str)>, since: Instant) -> Fanout {
+        let mut out = Fanout::default();
+        let Some(mut entry) = self.channels.get_mut(channel) else {
+            return out;
+        };
+        if let Some((off, epoch)) = seq {
+            match &entry.position {
+                Some((e, last)) if &**e == epoch => {
+                    if off <= *last {
+                        return out;
+                    }
+                    if off > *last + 1 {
+                        out.gap = true;
+                        return out;
+                    }
+                }
+                Some(_) => {
+                    out.gap = true;
+                    return out;
+                }
+                None => {}
+            }
+            entry.position = Some((epoch.into(), off));
+        }
+        // Held across a loop of non-blocking `try_send`s only: no await, no other map.
+        for sub in &entry.subscribers {
+            match &sub.route {
+                Route::Live => match sub.outbox.push(Outgoing {
+                    msg: Message::Text(frame.clone()),
+                    since: Some(since),
+                }) {
+                    Pushed::Queued => out.queued += 1,
+                    Pushed::Dropped => {
+                        out.dropped += 1;
+                        self.metrics.slow_consumer_closes.increment(1);
+                    }
+                    Pushed::Gone => {}
+                },
+                Route::Buffer(buffer) => {
+                    let mut b = buffer.lock().unwrap_or_else(|p| p.into_inner());
+                    if b.frames.len() < b.limit {
+                        b.frames.push((seq.map(|(o, _)| o), frame.clone()));
+                        out.queued += 1;
+                    } else {
+                        b.overflowed = true;
+                        out.dropped += 1;
+                    }
+                }
+            }
+        }
+        drop(entry);
+        self.metrics.delivered.increment(out.queued);
+        if out.dropped > 0 {
+            self.metrics.dropped.increment(out.dropped);
+        }
+        out
+    }
+
+    /// Switches a recovering subscriber to live delivery, queueing the buffered frames
+    /// newer than `after_offset` first. It runs under the channel's write guard, so no
+    /// dispatch of this channel can slip a frame between the buffer and the queue.
+    pub fn go_live(&self, channel: &str, session: SessionId, after_offset: Option<u64>) -> GoLive {
+        let Some(mut entry) = self.channels.get_mut(channel) else {
+            return GoLive::Gone;
+        };
+        let Some(sub) = entry.subscribers.iter_mut().find(|s| s.session == session) else {
+            return GoLive::Gone;
+        };
+        let Route::Buffer(buffer) = std::mem::replace(&mut sub.route, Route::Live) else {
+            return GoLive::Released(0);
+        };
+        let buffer = std::mem::replace(
+            &mut *buffer.lock().unwrap_or_else(|p| p.into_inner()),
+            RecoveryBuffer {
+                frames: Vec::new(),
+                overflowed: false,
+                limit: 0,
+            },
+        );
+        if buffer.overflowed {
+            sub.outbox.control().close(crate::error::CloseReason::SlowConsumer);
+            return GoLive::Overflowed;
+        }
+        let mut released = 0;
+        for (offset, frame) in buffer.frames {
+            if let (Some(off), Some(after)) = (offset, after_offset) {
+                if off <= after {
+                    continue;
+                }
+            }
+            if sub.outbox.push(Outgoing::now(Message::Text(frame))) != Pushed::Queued {
+                return GoLive::Overflowed;
+            }
+            released += 1;
+        }
+        GoLive::Released(released)
+    }
+
+    /// Closes every local subscriber of `channel` with `reason` (an unfillable gap).
+    pub fn close_subscribers(&self, channel: &str, reason: crate::error::CloseReason) -> usize {
+        let Some(entry) = self.channels.get(channel) else {
+            return 0;
+        };
+        for sub in &entry.subscribers {
+            sub.outbox.control().close(reason);
+        }
+        entry.subscribers.len()
+    }
+
+    /// Records a durable position as known on this node (a subscribe read it), unless
+    /// the node already delivered further in the same epoch.
+    pub fn note_position(&self, channel: &str, epoch: &str, offset: u64) {
+        if let Some(mut e) = self.channels.get_mut(channel) {
+            let newer = match &e.position {
+                Some((known, last)) => &**known != epoch || offset > *last,
+                None => true,
+            };
+            if newer {
+                e.position = Some((epoch.into(), offset));
+            }
+        }
+    }
+
+    /// Replaces the durable position (after its subscribers were closed for a gap).
+    pub fn reset_position(&self, channel: &str, epoch: &str, offset: u64) {
+        if let Some(mut e) = self.channels.get_mut(channel) {
+            e.position = Some((epoch.into(), offset));
+        }
+    }
+}
+
+/// The outcome of [`Hub::go_live`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum GoLive {
+    /// Buffered frames newer than the history were queued (this many).
+    Released(usize),
+    /// The buffer or the queue overflowed: the connection is closing with 4008.
+    Overflowed,
+    /// The subscriber is no longer there.
+    Gone,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub() -> Hub {
+        Hub::new(Arc::new(Metrics::new("t")))
+    }
+
+    #[tokio::test]
+    async fn dispatch_reaches_every_subscriber_once() {
+        let hub = hub();
+        let ch: Arc<str> = "c".into();
+        let (a, mut ra, _) = Outbox::new(8);
+        let (b, mut rb, _) = Outbox::new(8);
+        hub.add(&ch, Subscriber::live(1, a));
+        hub.add(&ch, Subscriber::live(2, b));
+        let f = hub.dispatch("c", &"x".into(), None, Instant::now());
+        assert_eq!(f, Fanout { queued: 2, dropped: 0, gap: false });
+        assert!(ra.try_recv().is_ok());
+        assert!(rb.try_recv().is_ok());
+        assert!(ra.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_only_that_subscriber() {
+        let hub = hub();
+        let ch: Arc<str> = "c".into();
+        let (slow, _rs, slow_ctl) = Outbox::new(1);
+        let (fast, mut rf, fast_ctl) = Outbox::new(8);
+        hub.add(&ch, Subscriber::live(1, slow));
+        hub.add(&ch, Subscriber::live(2, fast));
+        hub.dispatch("c", &"1".into(), None, Instant::now());
+        let f = hub.dispatch("c", &"2".into(), None, Instant::now());
+        assert_eq!(f, Fanout { queued: 1, dropped: 1, gap: false });
+        assert!(slow_ctl.is_closing());
+        assert!(!fast_ctl.is_closing());
+        assert_eq!(rf.try_recv().map(|o| o.msg).ok(), Some(Message::Text("1".into())));
+        assert_eq!(rf.try_recv().map(|o| o.msg).ok(), Some(Message::Text("2".into())));
+    }
+
+    #[tokio::test]
+    async fn remove_if_empty_keeps_a_channel_that_gained_a_subscriber() {
+        let hub = hub();
+        let ch: Arc<str> = "c".into();
+        let (a, _ra, _) = Outbox::new(8);
+        hub.add(&ch, Subscriber::live(1, a.clone()));
+        assert!(hub.remove("c", 1));
+        hub.add(&ch, Subscriber::live(2, a));
+        assert!(!hub.remove_if_empty("c"));
+        assert!(hub.remove("c", 2));
+        assert!(hub.remove_if_empty("c"));
+        assert_eq!(hub.subscriber_count("c"), 0);
+    }
+
+    #[tokio::test]
+    async fn duplicate_offsets_are_not_delivered_twice() {
+        let hub = hub();
+        let ch: Arc<str> = "c".into();
+        let (a, mut ra, _) = Outbox::new(8);
+        hub.add(&ch, Subscriber::live(1, a));
+        hub.dispatch("c", &"1".into(), Some((1, "e")), Instant::now());
+        hub.dispatch("c", &"1".into(), Some((1, "e")), Instant::now());
+        hub.dispatch("c", &"2".into(), Some((2, "e")), Instant::now());
+        assert!(ra.try_recv().is_ok());
+        assert!(ra.try_recv().is_ok());
+        assert!(ra.try_recv().is_err());
+        // A skipped offset, or another epoch, is a gap: held back, not delivered.
+        assert!(hub.dispatch("c", &"4".into(), Some((4, "e")), Instant::now()).gap);
+        assert!(hub.dispatch("c", &"3".into(), Some((3, "f")), Instant::now()).gap);
+        assert!(ra.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn buffered_frames_are_released_after_history() {
+        let hub = hub();
+        let ch: Arc<str> = "c".into();
+        let (a, mut ra, _) = Outbox::new(8);
+        let (sub, _buf) = Subscriber::buffered(1, a, 8);
+        hub.add(&ch, sub);
+        for off in 5..=7 {
+            hub.dispatch("c", &off.to_string().into(), Some((off, "e")), Instant::now());
+        }
+        assert!(ra.try_recv().is_err(), "nothing is live before go_live");
+        assert_eq!(hub.go_live("c", 1, Some(5)), GoLive::Released(2));
+        assert_eq!(ra.try_recv().map(|o| o.msg).ok(), Some(Message::Text("6".into())));
+        assert_eq!(ra.try_recv().map(|o| o.msg).ok(), Some(Message::Text("7".into())));
+        hub.dispatch("c", &"8".into(), Some((8, "e")), Instant::now());
+        assert_eq!(ra.try_recv().map(|o| o.msg).ok(), Some(Message::Text("8".into())));
+    }
+}

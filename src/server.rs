@@ -1,0 +1,261 @@
+//! Wiring: builds the parts of a node from its [`Config`], the axum router with its
+//! tower-http layers, and the listener. [`Node`] is what `main`, the integration
+//! tests and the benchmarks start.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method};
+use axum::routing::{get, post};
+use dashmap::DashMap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::services::ServeDir;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::api;
+use crate::backplane::memory::MemoryBackplane;
+use crate::backplane::redis::RedisBackplane;
+use crate::backplane::{Backplane, Link};
+use crate::config::Config;
+use crate::gaps;
+use crate::hub::{Hub, SessionId};
+use crate::metrics::Metrics;
+use crate::subscriptions::Subscriptions;
+use crate::tokens::Tokens;
+use crate::ws::outbox::Control;
+use crate::ws::upgrade::{ConnectionRate, ws_handler};
+
+/// How long an HTTP request may take before it is answered 408.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("backplane: {0}")]
+    Backplane(#[from] crate::error::BackplaneError),
+}
+
+/// Everything a request handler or session may need, shared by `Arc`.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub hub: Arc<Hub>,
+    pub backplane: Arc<dyn Backplane>,
+    pub subscriptions: Arc<Subscriptions>,
+    pub tokens: Tokens,
+    pub connection_rate: ConnectionRate,
+    /// Open sessions and how to close them (the drain walks this).
+    sessions: DashMap<SessionId, Arc<Control>>,
+    next_session: AtomicU64,
+    draining: AtomicBool,
+    link: watch::Receiver<Link>,
+    /// Tracks session tasks, which axum's graceful shutdown does not wait for.
+    pub tracker: TaskTracker,
+}
+
+impl AppState {
+    pub fn register_session(&self, control: Arc<Control>) -> SessionId {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        self.sessions.insert(id, control);
+        self.metrics.connections.increment(1.0);
+        self.metrics.connections_total.increment(1);
+        id
+    }
+
+    pub fn unregister_session(&self, id: SessionId) {
+        if self.sessions.remove(&id).is_some() {
+            self.metrics.connections.decrement(1.0);
+        }
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The close handles of all open sessions (cloned out: no guard is kept).
+    pub fn session_controls(&self) -> Vec<Arc<Control>> {
+        self.sessions.iter().map(|e| e.value().clone()).collect()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn link(&self) -> Link {
+        *self.link.borrow()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && self.subscriptions.is_current(self.link())
+    }
+
+    pub fn origin_allowed(&self, origin: &HeaderValue) -> bool {
+        let allowed = &self.config.auth.allowed_origins;
+        allowed.is_empty()
+            || allowed
+                .iter()
+                .any(|a| a == "*" || origin.to_str().is_ok_and(|o| o.eq_ignore_ascii_case(a)))
+    }
+}
+
+/// A running node.
+pub struct Node {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+    redis: Option<Arc<RedisBackplane>>,
+}
+
+impl Node {
+    /// Builds every part, binds the listener and starts serving.
+    pub async fn start(config: Config) -> Result<Node, StartError> {
+        let config = Arc::new(config);
+        let shutdown = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new(&config.node_id));
+        let hub = Arc::new(Hub::new(metrics.clone()));
+        let gap_report = Arc::new(gaps::GapReport::default());
+        let (backplane, redis): (Arc<dyn Backplane>, _) = match &config.redis_url {
+            None => (Arc::new(MemoryBackplane::new(hub.clone())), None),
+            Some(url) => {
+                let redis = RedisBackplane::start(
+                    url,
+                    &config.prefix,
+                    hub.clone(),
+                    metrics.clone(),
+                    gap_report.clone(),
+                    shutdown.clone(),
+                )?;
+                (redis.clone() as Arc<dyn Backplane>, Some(redis))
+            }
+        };
+        let subscriptions = Subscriptions::new(hub.clone(), backplane.clone(), config.unsubscribe_grace);
+        let state = Arc::new(AppState {
+            tokens: Tokens::from_config(&config)?,
+            connection_rate: ConnectionRate::new(config.limits.new_connections_per_sec),
+            link: backplane.link(),
+            config: config.clone(),
+            metrics: metrics.clone(),
+            hub,
+            backplane,
+            subscriptions: subscriptions.clone(),
+            sessions: DashMap::new(),
+            next_session: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
+            tracker: TaskTracker::new(),
+        });
+
+        tokio::spawn(subscriptions.run(shutdown.clone()));
+        tokio::spawn(gaps::run(state.clone(), gap_report, shutdown.clone()));
+        tokio::spawn(upkeep(metrics, shutdown.clone()));
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        let app = router(state.clone());
+        let stop = shutdown.clone();
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(listener, app.into_make_service()).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "http server failed");
+            }
+        });
+        Ok(Node {
+            addr,
+            state,
+            shutdown,
+            server,
+            redis,
+        })
+    }
+
+    /// Drains (PROTOCOL §2.4, DESIGN.md decision 8) and stops: not ready at once, new
+    /// upgrades refused, sockets closed with 1001 spread over `drain_period`.
+    pub async fn drain_and_stop(self) {
+        crate::shutdown::drain(&self.state).await;
+        self.stop().await;
+    }
+
+    /// Stops at once: open sessions are closed with 1001 without spreading.
+    pub async fn stop(self) {
+        self.state.start_draining();
+        for control in self.state.session_controls() {
+            control.close(crate::error::CloseReason::Draining);
+        }
+        self.state.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.state.tracker.wait()).await;
+        self.shutdown.cancel();
+        let _ = self.server.await;
+        if let Some(redis) = &self.redis {
+            redis.quit().await;
+        }
+    }
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    let limits = &state.config.limits;
+    let api_routes = Router::new()
+        .route("/publish", post(api::publish))
+        .route("/channels/{channel}/history", get(api::history))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), api::require_api_key))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes));
+    let mut router = Router::new()
+        .route("/ws", get(ws_handler))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .nest("/api", api_routes)
+        .fallback_service(ServeDir::new(&state.config.static_dir))
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, HTTP_TIMEOUT));
+    let origins: Vec<HeaderValue> = state
+        .config
+        .auth
+        .allowed_origins
+        .iter()
+        .filter(|o| o.as_str() != "*")
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    let allow_any = state.config.auth.allowed_origins.iter().any(|o| o == "*");
+    if allow_any || !origins.is_empty() {
+        let allow = if allow_any { AllowOrigin::any() } else { AllowOrigin::list(origins) };
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(allow)
+                .allow_methods([Method::GET, Method::POST])
+                .allow_headers([
+                    axum::http::header::AUTHORIZATION,
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::HeaderName::from_static("idempotency-key"),
+                ]),
+        );
+    }
+    router.with_state(state)
+}
+
+/// The exporter's histograms need periodic upkeep when its recorder is not global.
+async fn upkeep(metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => metrics.upkeep(),
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! One WebSocket connection after its upgrade: the read loop, the ops of PROTOCOL
+//! §2.2, liveness pings, the message rate limit and the session's end.
+//!
+//! Frames are handled one at a time, in the order the client sent them, and every
+//! reply goes through the connection's [`Outbox`], so replies and messages share one
+//! ordered queue. The writer is a separate task ([`crate::ws::outbox::run_writer`]).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocket};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use crate::auth::{Identity, permits};
+use crate::config::Namespace;
+use crate::error::{CloseReason, ErrorCode, OpError};
+use crate::hub::{SessionId, Subscriber};
+use crate::protocol::{self, ClientFrame, Op, RequestId};
+use crate::publish::{self, durability};
+use crate::recovery;
+use crate::server::AppState;
+use crate::ws::outbox::{Control, Outbox, Outgoing, run_writer};
+use crate::ws::rate::RateLimiter;
+
+/// What an op answers: a result to reply with, or nothing (the op replied itself).
+type OpResult = Result<Option<Value>, OpError>;
+
+struct Session {
+    state: Arc<AppState>,
+    id: SessionId,
+    outbox: Outbox,
+    control: Arc<Control>,
+    identity: Identity,
+    /// Channels this session is subscribed to (the hub holds the other direction).
+    channels: HashSet<Arc<str>>,
+    limiter: RateLimiter,
+}
+
+/// Runs a connection to its end.
+pub async fn run(socket: WebSocket, state: Arc<AppState>, identity: Identity) {
+    let (sink, mut stream) = socket.split();
+    let limits = &state.config.limits;
+    let (outbox, rx, control) = Outbox::new(limits.outbox_messages);
+    let writer = tokio::spawn(run_writer(
+        sink,
+        rx,
+        control.clone(),
+        limits.write_coalesce,
+        state.metrics.clone(),
+    ));
+    let id = state.register_session(control.clone());
+    let name = session_name(id);
+    let welcome = protocol::welcome_frame(&name, &state.config.node_id, state.config.ping_interval.as_millis() as u64);
+    outbox.push(Outgoing::now(Message::Text(welcome.into())));
+
+    let mut session = Session {
+        limiter: RateLimiter::new(limits.messages_per_sec),
+        state: state.clone(),
+        id,
+        outbox,
+        control: control.clone(),
+        identity,
+        channels: HashSet::new(),
+    };
+    session.read_loop(&mut stream).await;
+    session.leave_all();
+    state.unregister_session(id);
+    drop(session);
+    let _ = writer.await;
+}
+
+/// A session name unique across the fleet: random, not guessable from the node.
+fn session_name(id: SessionId) -> String {
+    format!("s-{:016x}{:x}", rand::random::<u64>(), id)
+}
+
+impl Session {
+    async fn read_loop(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocket>) {
+        let every = self.state.config.ping_interval;
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut last_seen = Instant::now();
+        let expiry = tokio::time::sleep(Duration::from_secs(86400 * 365));
+        tokio::pin!(expiry);
+        self.arm_expiry(expiry.as_mut());
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.control.closed() => return,
+                _ = &mut expiry => {
+                    self.control.close(CloseReason::TokenExpired);
+                    return;
+                }
+                _ = ping.tick() => {
+                    if last_seen.elapsed() > every * 2 {
+                        // No frame, not even a pong, for two intervals: the peer is gone.
+                        self.control.abort();
+                        return;
+                    }
+                    self.outbox.push(Outgoing::now(Message::Ping(Bytes::new())));
+                }
+                frame = stream.next() => {
+                    last_seen = Instant::now();
+                    match frame {
+                        None => {
+                            self.control.abort();
+                            return;
+                        }
+                        Some(Err(e)) => {
+                            if is_too_big(e) {
+                                self.control.close(CloseReason::TooBig);
+                            } else {
+                                self.control.abort();
+                            }
+                            return;
+                        }
+                        Some(Ok(Message::Text(text))) => {
+                            if self.admit() {
+                                let refreshed = self.handle_text(text.as_str()).await;
+                                if refreshed {
+                                    self.arm_expiry(expiry.as_mut());
+                                }
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            if self.admit() {
+                                self.reply_error(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames");
+                            }
+                        }
+                        Some(Ok(Message::Close(_))) => {
+                            self.control.close(CloseReason::Normal);
+                            return;
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn arm_expiry(&self, sleep: std::pin::Pin<&mut tokio::time::Sleep>) {
+        if let Some(exp) = self.identity.expires {
+            let left = exp.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+            sleep.reset(tokio::time::Instant::now() + left);
+        }
+    }
+
+    /// Counts a frame against the rate limit; false when it must not be served.
+    fn admit(&mut self) -> bool {
+        match self.limiter.take(Instant::now()) {
+            crate::ws::rate::Verdict::Allow => true,
+            crate::ws::rate::Verdict::Refuse => {
+                self.state.metrics.rate_limited.increment(1);
+                self.reply_error(None, ErrorCode::RateLimited, "too many frames; slow down");
+                false
+            }
+            crate::ws::rate::Verdict::Abuse => {
+                self.state.metrics.rate_limited.increment(1);
+                self.control.close(CloseReason::Policy);
+                false
+            }
+        }
+    }
+
+    /// Serves one text frame. Returns true when the session's token was refreshed.
+    async fn handle_text(&mut self, text: &str) -> bool {
+        let frame = match protocol::parse_client_frame(text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                self.reply_error(e.id, e.code, &e.message);
+                return false;
+            }
+        };
+        let ClientFrame { id, op } = frame;
+        let refresh = matches!(op, Op::Refresh { .. });
+        match self.op(op, id).await {
+            Ok(Some(result)) => {
+                if let Some(id) = id {
+                    self.push_text(protocol::reply_ok(id, &result));
+                }
+                refresh
+            }
+            Ok(None) => false,
+            Err(e) => {
+                self.reply_error(id, e.code, &e.message);
+                false
+            }
+        }
+    }
+
+    async fn op(&mut self, op: Op<'_>, id: Option<RequestId>) -> OpResult {
+        match op {
+            Op::Ping => Ok(Some(json!({}))),
+            Op::Subscribe { channel, recover } => self.subscribe(channel, recover, id).await,
+            Op::Unsubscribe { channel } => {
+                if let Some(ch) = self.channels.take(channel) {
+                    self.state.subscriptions.unsubscribe(&ch, self.id);
+                    self.state.metrics.subscriptions.decrement(1.0);
+                }
+                Ok(Some(json!({})))
+            }
+            Op::Publish {
+                channel,
+                data,
+                idempotency_key,
+            } => {
+                let ns = self.namespace(channel)?;
+                if !permits(ns.publish, &self.identity, channel) {
+                    return Err(forbidden("publish", channel));
+                }
+                if idempotency_key.is_some() {
+                    return Err(OpError::new(ErrorCode::BadRequest, "idempotency keys are not supported by this node"));
+                }
+                publish::publish(&self.state, channel, &ns, data).await.map(Some)
+            }
+            Op::History { channel, since, limit } => {
+                let ns = self.namespace(channel)?;
+                if !permits(ns.history, &self.identity, channel) {
+                    return Err(forbidden("history", channel));
+                }
+                crate::history::read(&self.state, channel, &ns, since.map(|s| s.offset), limit)
+                    .await
+                    .map(Some)
+            }
+            Op::Presence { channel } | Op::PresenceStats { channel } => {
+                let ns = self.namespace(channel)?;
+                if !permits(ns.presence_read, &self.identity, channel) {
+                    return Err(forbidden("presence", channel));
+                }
+                Err(OpError::new(
+                    ErrorCode::BadRequest,
+                    format!("presence is not enabled in namespace '{}'", protocol::namespace_of(channel)),
+                ))
+            }
+            Op::Refresh { .. } => Err(OpError::new(ErrorCode::BadRequest, "this node has no token key; refresh is not available")),
+        }
+    }
+
+    async fn subscribe(&mut self, channel: &str, recover: Option<protocol::StreamPosition>, id: Option<RequestId>) -> OpResult {
+        let ns = self.namespace(channel)?;
+        if !permits(ns.subscribe, &self.identity, channel) {
+            return Err(forbidden("subscribe", channel));
+        }
+        let durable = durability(&ns);
+        if self.channels.contains(channel) {
+            // Already subscribed: changes nothing, answers as a subscribe would.
+            return match durable {
+                Some(d) => {
+                    let p = self.state.backplane.position(channel, d).await?;
+                    Ok(Some(json!({"epoch": p.epoch, "offset": p.offset})))
+                }
+                None => Ok(Some(json!({}))),
+            };
+        }
+        if self.channels.len() >= self.state.config.limits.max_subscriptions {
+            return Err(OpError::new(
+                ErrorCode::LimitExceeded,
+                format!("at most {} subscriptions per connection", self.state.config.limits.max_subscriptions),
+            ));
+        }
+        let ch: Arc<str> = channel.into();
+        let result = match durable {
+            Some(d) => recovery::subscribe_durable(&self.state, self.id, &self.outbox, &ch, d, recover, id)
+                .await
+                .map(|()| None),
+            None => self
+                .state
+                .subscriptions
+                .subscribe(&ch, Subscriber::live(self.id, self.outbox.clone()))
+                .await
+                .map(|()| Some(json!({})))
+                .map_err(OpError::from),
+        };
+        if result.is_ok() {
+            self.channels.insert(ch);
+            self.state.metrics.subscriptions.increment(1.0);
+        }
+        result
+    }
+
+    fn namespace(&self, channel: &str) -> Result<Namespace, OpError> {
+        self.state.config.namespaces.for_channel(channel).cloned().ok_or_else(|| {
+            OpError::new(
+                ErrorCode::NotFound,
+                format!("unknown namespace '{}'", protocol::namespace_of(channel)),
+            )
+        })
+    }
+
+    fn push_text(&self, text: String) {
+        self.outbox.push(Outgoing::now(Message::Text(text.into())));
+    }
+
+    fn reply_error(&self, id: Option<RequestId>, code: ErrorCode, message: &str) {
+        self.push_text(protocol::reply_error(id, code, message));
+    }
+
+    fn leave_all(&mut self) {
+        let n = self.channels.len();
+        for ch in self.channels.drain() {
+            self.state.subscriptions.unsubscribe(&ch, self.id);
+        }
+        self.state.metrics.subscriptions.decrement(n as f64);
+    }
+}
+
+fn forbidden(what: &str, channel: &str) -> OpError {
+    OpError::new(
+        ErrorCode::Forbidden,
+        format!("{what} not allowed in namespace '{}'", protocol::namespace_of(channel)),
+    )
+}
+
+/// True when the read failed because a frame or message exceeded the size limit.
+fn is_too_big(e: axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match e.into_inner().downcast::<WsError>() {
+        Ok(e) => matches!(*e, WsError::Capacity(_)),
+        Err(other) => {
+            let text = other.to_string();
+            text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! `GET /ws`: the checks an upgrade must pass before any WebSocket frame (PROTOCOL
+//! §2), the socket's buffer sizes, and the hand-off to a session task.
+//!
+//! Refusals are HTTP answers: 403 for a foreign Origin, 401 for a missing or invalid
+//! token, 503 while draining or at the connection limit, 503 with `Retry-After` above
+//! the node's rate of new connections.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::Response;
+use serde::Deserialize;
+
+use crate::api::error_response;
+use crate::error::ErrorCode;
+use crate::server::AppState;
+use crate::ws::session;
+
+/// tungstenite reads into a buffer of this size per socket; its default (128 KiB)
+/// would cost 12 GiB per 100k connections. Messages larger than it still arrive.
+const READ_BUFFER: usize = 4 * 1024;
+/// Frames are collected up to this size before a write is forced.
+const WRITE_BUFFER: usize = 8 * 1024;
+
+#[derive(Debug, Deserialize)]
+pub struct UpgradeQuery {
+    token: Option<String>,
+}
+
+pub async fn ws_handler(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<UpgradeQuery>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if let Err(refusal) = check(&state, &headers, query.token.as_deref()) {
+        state.metrics.rejected_upgrades.increment(1);
+        return refusal;
+    }
+    let identity = match state.tokens.verify_optional(query.token.as_deref()) {
+        Ok(identity) => identity,
+        Err(e) => {
+            state.metrics.rejected_upgrades.increment(1);
+            return error_response(ErrorCode::Unauthorized, &e.to_string());
+        }
+    };
+    let max = state.config.limits.max_frame_bytes;
+    upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        // Backpressure is the outbox's job; this only bounds one socket's buffer.
+        .max_write_buffer_size(WRITE_BUFFER + 2 * max)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let tracker = state.tracker.clone();
+            tracker.track_future(session::run(socket, state, identity))
+        })
+}
+
+fn check(state: &AppState, headers: &HeaderMap, token: Option<&str>) -> Result<(), Response> {
+    if state.is_draining() {
+        return Err(unavailable("the node is draining; connect to another node", None));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        if !state.origin_allowed(origin) {
+            return Err(error_response(ErrorCode::Forbidden, "origin not allowed"));
+        }
+    }
+    if token.is_none() && state.tokens.required() {
+        return Err(error_response(ErrorCode::Unauthorized, "a token is required (?token=…)"));
+    }
+    if state.connection_count() >= state.config.limits.max_connections {
+        return Err(unavailable("the node is at its connection limit", None));
+    }
+    if !state.connection_rate.admit(Instant::now()) {
+        return Err(unavailable("too many new connections; retry shortly", Some(1)));
+    }
+    Ok(())
+}
+
+fn unavailable(message: &str, retry_after: Option<u64>) -> Response {
+    let mut response = error_response(ErrorCode::Unavailable, message);
+    if let Some(secs) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+/// New connections per second per node, counted in one-second windows, against
+/// reconnect storms.
+pub struct ConnectionRate {
+    per_sec: u32,
+    window: Mutex<(Instant, u32)>,
+}
+
+impl ConnectionRate {
+    pub fn new(per_sec: u32) -> Self {
+        Self {
+            per_sec,
+            window: Mutex::new((Instant::now(), 0)),
+        }
+    }
+
+    pub fn admit(&self, now: Instant) -> bool {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if now.saturating_duration_since(w.0) >= Duration::from_secs(1) {
+            *w = (now, 0);
+        }
+        if w.1 >= self.per_sec {
+            return false;
+        }
+        w.1 += 1;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_rate_refuses_beyond_the_window() {
+        let r = ConnectionRate::new(3);
+        let t = Instant::now();
+        assert!((0..3).all(|_| r.admit(t)));
+        assert!(!r.admit(t));
+        assert!(r.admit(t + Duration::from_secs(1)));
+    }
+}
