@@ -38,7 +38,11 @@ impl IntoResponse for OpError {
 
 /// Refuses `/api/*` requests without a valid `Authorization: Bearer` key (where keys
 /// are configured). The key is never logged.
-pub async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+pub async fn require_api_key(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let keys = &state.config.auth.api_keys;
     if !keys.is_empty() {
         let presented = req
@@ -71,23 +75,36 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
 }
 
 fn namespace_for(state: &AppState, channel: &str) -> Result<Namespace, OpError> {
-    validate_channel(channel).map_err(|m| OpError::new(ErrorCode::BadRequest, format!("'{channel}': {m}")))?;
-    state.config.namespaces.for_channel(channel).cloned().ok_or_else(|| {
-        OpError::new(
-            ErrorCode::NotFound,
-            format!("unknown namespace '{}'", protocol::namespace_of(channel)),
-        )
-    })
+    validate_channel(channel)
+        .map_err(|m| OpError::new(ErrorCode::BadRequest, format!("'{channel}': {m}")))?;
+    state
+        .config
+        .namespaces
+        .for_channel(channel)
+        .cloned()
+        .ok_or_else(|| {
+            OpError::new(
+                ErrorCode::NotFound,
+                format!("unknown namespace '{}'", protocol::namespace_of(channel)),
+            )
+        })
 }
 
 /// `POST /api/publish`, both forms.
-pub async fn publish(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn publish(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let body = match body {
         Ok(b) => b,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             return error_response(
                 ErrorCode::LimitExceeded,
-                &format!("body larger than {} bytes", state.config.limits.max_body_bytes),
+                &format!(
+                    "body larger than {} bytes",
+                    state.config.limits.max_body_bytes
+                ),
             );
         }
         Err(e) => return error_response(ErrorCode::BadRequest, &e.body_text()),
@@ -99,12 +116,17 @@ pub async fn publish(State(state): State<Arc<AppState>>, headers: axum::http::He
     let Some(data) = req.data else {
         return error_response(ErrorCode::BadRequest, "missing field 'data'");
     };
-    let key = req
-        .idempotency_key
-        .clone()
-        .or_else(|| headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(String::from));
+    let key = req.idempotency_key.clone().or_else(|| {
+        headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    });
     if key.is_some() {
-        return error_response(ErrorCode::BadRequest, "idempotency keys are not supported by this node");
+        return error_response(
+            ErrorCode::BadRequest,
+            "idempotency keys are not supported by this node",
+        );
     }
     match (req.channel, req.channels) {
         (Some(channel), None) => {
@@ -118,7 +140,10 @@ pub async fn publish(State(state): State<Arc<AppState>>, headers: axum::http::He
             }
         }
         (None, Some(channels)) => publish_many(&state, channels, data).await,
-        _ => error_response(ErrorCode::BadRequest, "give exactly one of 'channel' and 'channels'"),
+        _ => error_response(
+            ErrorCode::BadRequest,
+            "give exactly one of 'channel' and 'channels'",
+        ),
     }
 }
 
@@ -126,7 +151,10 @@ pub async fn publish(State(state): State<Arc<AppState>>, headers: axum::http::He
 async fn publish_many(state: &AppState, channels: Vec<String>, data: &RawValue) -> Response {
     let max = state.config.limits.max_channels_per_publish;
     if channels.len() > max {
-        return error_response(ErrorCode::LimitExceeded, &format!("at most {max} channels per publish"));
+        return error_response(
+            ErrorCode::LimitExceeded,
+            &format!("at most {max} channels per publish"),
+        );
     }
     if channels.is_empty() {
         return error_response(ErrorCode::BadRequest, "'channels' is empty");
@@ -181,10 +209,12 @@ pub async fn history(
     let number = |v: &Option<String>, name: &str| -> Result<Option<u64>, Response> {
         match v {
             None => Ok(None),
-            Some(s) => s
-                .parse()
-                .map(Some)
-                .map_err(|_| error_response(ErrorCode::BadRequest, &format!("'{name}' must be a non-negative integer"))),
+            Some(s) => s.parse().map(Some).map_err(|_| {
+                error_response(
+                    ErrorCode::BadRequest,
+                    &format!("'{name}' must be a non-negative integer"),
+                )
+            }),
         }
     };
     let since = match number(&params.since, "since") {
@@ -215,7 +245,11 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         "subscriptions_current": state.subscriptions.is_current(link),
         "draining": state.is_draining(),
     });
-    let status = if state.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if state.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, axum::Json(body)).into_response()
 }
 

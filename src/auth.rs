@@ -114,7 +114,10 @@ mod tests {
 
     #[test]
     fn api_keys() {
-        let keys = vec!["k1-aaaaaaaaaaaaaaa".to_string(), "k2-bbbbbbbbbbbbbbb".to_string()];
+        let keys = vec![
+            "k1-aaaaaaaaaaaaaaa".to_string(),
+            "k2-bbbbbbbbbbbbbbb".to_string(),
+        ];
         assert!(api_key_matches("k2-bbbbbbbbbbbbbbb", &keys));
         assert!(!api_key_matches("k2-bbbbbbbbbbbbbbX", &keys));
         assert!(!api_key_matches("", &keys));

@@ -103,7 +103,11 @@ pub trait Backplane: Send + Sync + 'static {
 
     /// The epoch and newest offset of a durable channel, creating its epoch if it has
     /// none yet (so that a subscriber holds it before the first message).
-    async fn position(&self, channel: &str, durability: Durability) -> Result<Position, BackplaneError>;
+    async fn position(
+        &self,
+        channel: &str,
+        durability: Durability,
+    ) -> Result<Position, BackplaneError>;
 
     /// Reads history, atomically with the position it answers.
     async fn history(
@@ -118,5 +122,9 @@ pub trait Backplane: Send + Sync + 'static {
 pub fn new_epoch() -> String {
     use rand::Rng;
     use rand::distr::Alphanumeric;
-    rand::rng().sample_iter(&Alphanumeric).take(12).map(char::from).collect()
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(12)
+        .map(char::from)
+        .collect()
 }

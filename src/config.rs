@@ -18,7 +18,11 @@ use crate::protocol::{self, validate_channel};
 /// Command-line flags. Each one also reads its `HERALD_*` variable (clap's `env`),
 /// which gives "flag over environment" for free.
 #[derive(Debug, Parser, Default)]
-#[command(name = "herald", version, about = "Real-time WebSocket fan-out gateway")]
+#[command(
+    name = "herald",
+    version,
+    about = "Real-time WebSocket fan-out gateway"
+)]
 pub struct Flags {
     /// Address to listen on (HTTP and WebSocket).
     #[arg(long, env = "HERALD_LISTEN", value_name = "ADDR")]
@@ -383,8 +387,9 @@ struct NamespaceSection {
 
 /// Parses a duration with a unit ("250ms", "30s", "5m", "1h").
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(value.trim())
-        .map_err(|e| format!("'{value}' is not a duration ({e}); use e.g. \"250ms\", \"30s\", \"5m\""))?;
+    let d = humantime::parse_duration(value.trim()).map_err(|e| {
+        format!("'{value}' is not a duration ({e}); use e.g. \"250ms\", \"30s\", \"5m\"")
+    })?;
     Ok(d)
 }
 
@@ -395,8 +400,9 @@ impl Config {
         let (file, file_name) = match &flags.config {
             Some(path) => {
                 let name = path.display().to_string();
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError::new(&name, "--config", format!("cannot read the file: {e}")))?;
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new(&name, "--config", format!("cannot read the file: {e}"))
+                })?;
                 (Some(parse_file(&text, &name)?), name)
             }
             None => (None, String::new()),
@@ -407,7 +413,12 @@ impl Config {
     /// Parses a configuration file's text alone (defaults for everything else).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let file = parse_file(text, "config")?;
-        Self::resolve(&Flags::default(), &SecretEnv::default(), Some(file), "config")
+        Self::resolve(
+            &Flags::default(),
+            &SecretEnv::default(),
+            Some(file),
+            "config",
+        )
     }
 
     fn resolve(
@@ -422,18 +433,47 @@ impl Config {
         let f = file_name;
 
         // server
-        if let Some(v) = pick(&flags.listen, "--listen/HERALD_LISTEN", &file.server.listen, f, "server.listen") {
+        if let Some(v) = pick(
+            &flags.listen,
+            "--listen/HERALD_LISTEN",
+            &file.server.listen,
+            f,
+            "server.listen",
+        ) {
             cfg.listen = v.0.parse().map_err(|e| {
-                ConfigError::new(v.1, v.2, format!("'{}' is not an address like 127.0.0.1:8080 ({e})", v.0))
+                ConfigError::new(
+                    v.1,
+                    v.2,
+                    format!("'{}' is not an address like 127.0.0.1:8080 ({e})", v.0),
+                )
             })?;
         }
-        if let Some(v) = pick(&flags.node_id, "--node-id/HERALD_NODE_ID", &file.server.node_id, f, "server.node_id") {
-            if v.0.is_empty() || v.0.len() > 128 || v.0.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
-                return Err(ConfigError::new(v.1, v.2, "must be 1 to 128 printable characters without quotes"));
+        if let Some(v) = pick(
+            &flags.node_id,
+            "--node-id/HERALD_NODE_ID",
+            &file.server.node_id,
+            f,
+            "server.node_id",
+        ) {
+            if v.0.is_empty()
+                || v.0.len() > 128
+                || v.0.chars().any(|c| c.is_control() || c == '"' || c == '\\')
+            {
+                return Err(ConfigError::new(
+                    v.1,
+                    v.2,
+                    "must be 1 to 128 printable characters without quotes",
+                ));
             }
             cfg.node_id = v.0.clone();
         }
-        if let Some(v) = pick(&flags.drain_period, "--drain-period/HERALD_DRAIN_PERIOD", &file.server.drain_period, f, "server.drain_period") {
+        if let Some(v) = pick(
+            &flags.drain_period,
+            "--drain-period/HERALD_DRAIN_PERIOD",
+            &file.server.drain_period,
+            f,
+            "server.drain_period",
+        ) {
             cfg.drain_period = parse_duration(v.0).map_err(|r| ConfigError::new(v.1, v.2, r))?;
         }
         if let Some(v) = &file.server.ping_interval {
@@ -443,19 +483,37 @@ impl Config {
             cfg.idempotency_ttl = positive(parse_duration(v), f, "server.idempotency_ttl")?;
         }
         if let Some(v) = &file.server.write_coalesce {
-            cfg.limits.write_coalesce = parse_duration(v).map_err(|r| ConfigError::new(f, "server.write_coalesce", r))?;
+            cfg.limits.write_coalesce =
+                parse_duration(v).map_err(|r| ConfigError::new(f, "server.write_coalesce", r))?;
             if cfg.limits.write_coalesce > Duration::from_millis(100) {
-                return Err(ConfigError::new(f, "server.write_coalesce", "must be at most 100ms"));
+                return Err(ConfigError::new(
+                    f,
+                    "server.write_coalesce",
+                    "must be at most 100ms",
+                ));
             }
         }
         if let Some(v) = &file.server.unsubscribe_grace {
-            cfg.unsubscribe_grace = parse_duration(v).map_err(|r| ConfigError::new(f, "server.unsubscribe_grace", r))?;
+            cfg.unsubscribe_grace = parse_duration(v)
+                .map_err(|r| ConfigError::new(f, "server.unsubscribe_grace", r))?;
         }
-        if let Some(v) = pick(&flags.log_format, "--log-format/HERALD_LOG_FORMAT", &file.server.log_format, f, "server.log_format") {
+        if let Some(v) = pick(
+            &flags.log_format,
+            "--log-format/HERALD_LOG_FORMAT",
+            &file.server.log_format,
+            f,
+            "server.log_format",
+        ) {
             cfg.log_format = Some(match v.0.as_str() {
                 "json" => LogFormat::Json,
                 "text" => LogFormat::Text,
-                other => return Err(ConfigError::new(v.1, v.2, format!("'{other}' is not one of json, text"))),
+                other => {
+                    return Err(ConfigError::new(
+                        v.1,
+                        v.2,
+                        format!("'{other}' is not one of json, text"),
+                    ));
+                }
             });
         }
         if let Some(dir) = flags.static_dir.clone().or(file.server.static_dir.clone()) {
@@ -463,18 +521,47 @@ impl Config {
         }
 
         // redis
-        if let Some(v) = pick(&flags.redis_url, "--redis/HERALD_REDIS_URL", &file.redis.url, f, "redis.url") {
-            let ok = ["redis://", "rediss://", "redis-cluster://", "rediss-cluster://"]
-                .iter()
-                .any(|s| v.0.starts_with(s));
+        if let Some(v) = pick(
+            &flags.redis_url,
+            "--redis/HERALD_REDIS_URL",
+            &file.redis.url,
+            f,
+            "redis.url",
+        ) {
+            let ok = [
+                "redis://",
+                "rediss://",
+                "redis-cluster://",
+                "rediss-cluster://",
+            ]
+            .iter()
+            .any(|s| v.0.starts_with(s));
             if !ok {
-                return Err(ConfigError::new(v.1, v.2, "must start with redis://, rediss:// or redis-cluster://"));
+                return Err(ConfigError::new(
+                    v.1,
+                    v.2,
+                    "must start with redis://, rediss:// or redis-cluster://",
+                ));
             }
             cfg.redis_url = Some(v.0.clone());
         }
-        if let Some(v) = pick(&flags.prefix, "--prefix/HERALD_PREFIX", &file.redis.prefix, f, "redis.prefix") {
-            if v.0.is_empty() || v.0.len() > 64 || v.0.contains(['{', '}']) || v.0.chars().any(char::is_whitespace) {
-                return Err(ConfigError::new(v.1, v.2, "must be 1 to 64 characters without braces or spaces"));
+        if let Some(v) = pick(
+            &flags.prefix,
+            "--prefix/HERALD_PREFIX",
+            &file.redis.prefix,
+            f,
+            "redis.prefix",
+        ) {
+            if v.0.is_empty()
+                || v.0.len() > 64
+                || v.0.contains(['{', '}'])
+                || v.0.chars().any(char::is_whitespace)
+            {
+                return Err(ConfigError::new(
+                    v.1,
+                    v.2,
+                    "must be 1 to 64 characters without braces or spaces",
+                ));
             }
             cfg.prefix = v.0.clone();
         }
@@ -490,34 +577,59 @@ impl Config {
             allowed_origins: file.auth.allowed_origins.clone(),
         };
         if let Some(keys) = &env.api_keys {
-            cfg.auth.api_keys = keys.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect();
+            cfg.auth.api_keys = keys
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(String::from)
+                .collect();
         }
         if let Some(secret) = &env.jwt_hs256_secret {
             cfg.auth.jwt_hs256_secret = Some(secret.clone());
         }
         for (i, key) in cfg.auth.api_keys.iter().enumerate() {
             if key.len() < 16 {
-                return Err(ConfigError::new("auth", format!("api_keys[{i}]"), "an API key must be at least 16 characters"));
+                return Err(ConfigError::new(
+                    "auth",
+                    format!("api_keys[{i}]"),
+                    "an API key must be at least 16 characters",
+                ));
             }
         }
         for origin in &cfg.auth.allowed_origins {
-            if !(origin == "*" || origin.starts_with("http://") || origin.starts_with("https://")) || origin.ends_with('/') {
-                return Err(ConfigError::new(f, "auth.allowed_origins", format!("'{origin}' is not an origin like https://app.example.com")));
+            if !(origin == "*" || origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.ends_with('/')
+            {
+                return Err(ConfigError::new(
+                    f,
+                    "auth.allowed_origins",
+                    format!("'{origin}' is not an origin like https://app.example.com"),
+                ));
             }
         }
 
         // limits
-        cfg.limits = Limits { write_coalesce: cfg.limits.write_coalesce, ..file.limits.clone() };
+        cfg.limits = Limits {
+            write_coalesce: cfg.limits.write_coalesce,
+            ..file.limits.clone()
+        };
         check_limits(&cfg.limits, f)?;
 
         // namespaces
         if configured {
             let mut map = BTreeMap::new();
-            map.insert(String::new(), resolve_namespace(&file.default_namespace, f, "default_namespace")?);
+            map.insert(
+                String::new(),
+                resolve_namespace(&file.default_namespace, f, "default_namespace")?,
+            );
             for (name, section) in &file.namespaces {
                 let key = format!("namespaces.{name}");
                 if name.is_empty() || name.contains(':') || validate_channel(name).is_err() {
-                    return Err(ConfigError::new(f, key, "a namespace name uses the characters of a channel name, without ':'"));
+                    return Err(ConfigError::new(
+                        f,
+                        key,
+                        "a namespace name uses the characters of a channel name, without ':'",
+                    ));
                 }
                 map.insert(name.clone(), resolve_namespace(section, f, &key)?);
             }
@@ -568,10 +680,16 @@ fn positive(d: Result<Duration, String>, source: &str, key: &str) -> Result<Dura
 fn check_limits(l: &Limits, f: &str) -> Result<(), ConfigError> {
     let checks: [(&str, usize); 9] = [
         ("limits.max_connections", l.max_connections),
-        ("limits.new_connections_per_sec", l.new_connections_per_sec as usize),
+        (
+            "limits.new_connections_per_sec",
+            l.new_connections_per_sec as usize,
+        ),
         ("limits.messages_per_sec", l.messages_per_sec as usize),
         ("limits.max_subscriptions", l.max_subscriptions),
-        ("limits.max_channels_per_publish", l.max_channels_per_publish),
+        (
+            "limits.max_channels_per_publish",
+            l.max_channels_per_publish,
+        ),
         ("limits.max_presence", l.max_presence),
         ("limits.max_body_bytes", l.max_body_bytes),
         ("limits.max_frame_bytes", l.max_frame_bytes),
@@ -583,7 +701,11 @@ fn check_limits(l: &Limits, f: &str) -> Result<(), ConfigError> {
         }
     }
     if l.max_frame_bytes < 256 {
-        return Err(ConfigError::new(f, "limits.max_frame_bytes", "must be at least 256"));
+        return Err(ConfigError::new(
+            f,
+            "limits.max_frame_bytes",
+            "must be at least 256",
+        ));
     }
     Ok(())
 }
@@ -591,29 +713,46 @@ fn check_limits(l: &Limits, f: &str) -> Result<(), ConfigError> {
 fn resolve_namespace(s: &NamespaceSection, f: &str, key: &str) -> Result<Namespace, ConfigError> {
     let subscribe = s.subscribe.unwrap_or(Rule::Anyone);
     if subscribe == Rule::Nobody {
-        return Err(ConfigError::new(f, format!("{key}.subscribe"), "'nobody' is not allowed here; use anyone, authenticated or granted"));
+        return Err(ConfigError::new(
+            f,
+            format!("{key}.subscribe"),
+            "'nobody' is not allowed here; use anyone, authenticated or granted",
+        ));
     }
     for (name, rule) in [("history", s.history), ("presence_read", s.presence_read)] {
         if rule == Some(Rule::Nobody) {
-            return Err(ConfigError::new(f, format!("{key}.{name}"), "'nobody' is not allowed here; use anyone, authenticated or granted"));
+            return Err(ConfigError::new(
+                f,
+                format!("{key}.{name}"),
+                "'nobody' is not allowed here; use anyone, authenticated or granted",
+            ));
         }
     }
     if s.history_size == Some(0) {
-        return Err(ConfigError::new(f, format!("{key}.history_size"), "must be at least 1"));
+        return Err(ConfigError::new(
+            f,
+            format!("{key}.history_size"),
+            "must be at least 1",
+        ));
     }
-    let dur = |v: &Option<String>, name: &str, default: Duration| -> Result<Duration, ConfigError> {
-        match v {
-            Some(v) => positive(parse_duration(v), f, &format!("{key}.{name}")),
-            None => Ok(default),
-        }
-    };
+    let dur =
+        |v: &Option<String>, name: &str, default: Duration| -> Result<Duration, ConfigError> {
+            match v {
+                Some(v) => positive(parse_duration(v), f, &format!("{key}.{name}")),
+                None => Ok(default),
+            }
+        };
     Ok(Namespace {
         subscribe,
         publish: s.publish.unwrap_or(Rule::Nobody),
         history: s.history.unwrap_or(subscribe),
         presence_read: s.presence_read.unwrap_or(subscribe),
         history_size: s.history_size,
-        history_ttl: dur(&s.history_ttl, "history_ttl", Duration::from_secs(24 * 3600))?,
+        history_ttl: dur(
+            &s.history_ttl,
+            "history_ttl",
+            Duration::from_secs(24 * 3600),
+        )?,
         presence: s.presence.unwrap_or(false),
         join_leave: s.join_leave.unwrap_or(false),
         presence_ttl: dur(&s.presence_ttl, "presence_ttl", Duration::from_secs(30))?,
@@ -637,14 +776,16 @@ mod tests {
 
     #[test]
     fn unknown_key_is_refused_with_its_line() {
-        let err = Config::from_toml("[server]\nlisten = \"127.0.0.1:1\"\nlistn = \"x\"\n").unwrap_err();
+        let err =
+            Config::from_toml("[server]\nlisten = \"127.0.0.1:1\"\nlistn = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("line 3"), "{err}");
         assert!(err.to_string().contains("listn"), "{err}");
     }
 
     #[test]
     fn bad_duration_names_the_key() {
-        let err = Config::from_toml("[namespaces.chat]\nhistory_ttl = \"ten minutes\"\n").unwrap_err();
+        let err =
+            Config::from_toml("[namespaces.chat]\nhistory_ttl = \"ten minutes\"\n").unwrap_err();
         assert_eq!(err.key, "namespaces.chat.history_ttl");
     }
 
@@ -696,7 +837,10 @@ mod tests {
 /// "Ingest and upstream"). Returns the configuration unchanged when it may run.
 pub fn check_startup(cfg: Config) -> Result<Config, ConfigError> {
     let has_jwt_key = cfg.auth.jwt_hs256_secret.is_some() || cfg.auth.jwt_public_key_file.is_some();
-    if !cfg.listen.ip().is_loopback() && !cfg.insecure && (cfg.auth.api_keys.is_empty() || !has_jwt_key) {
+    if !cfg.listen.ip().is_loopback()
+        && !cfg.insecure
+        && (cfg.auth.api_keys.is_empty() || !has_jwt_key)
+    {
         return Err(ConfigError::new(
             "server",
             "listen",
@@ -709,22 +853,46 @@ pub fn check_startup(cfg: Config) -> Result<Config, ConfigError> {
     }
     let needs_redis = !cfg.ingest.is_empty() || cfg.namespaces.iter().any(|(_, ns)| ns.upstream);
     if needs_redis && cfg.redis_url.is_none() {
-        return Err(ConfigError::new("config", "redis.url", "ingest sources and upstream namespaces need Redis"));
+        return Err(ConfigError::new(
+            "config",
+            "redis.url",
+            "ingest sources and upstream namespaces need Redis",
+        ));
     }
     for (name, ns) in cfg.namespaces.iter() {
-        let key = if name.is_empty() { "default_namespace".to_string() } else { format!("namespaces.{name}") };
+        let key = if name.is_empty() {
+            "default_namespace".to_string()
+        } else {
+            format!("namespaces.{name}")
+        };
         if ns.presence || ns.join_leave {
-            return Err(ConfigError::new("config", format!("{key}.presence"), "presence is not supported by this build yet"));
+            return Err(ConfigError::new(
+                "config",
+                format!("{key}.presence"),
+                "presence is not supported by this build yet",
+            ));
         }
         if ns.upstream {
-            return Err(ConfigError::new("config", format!("{key}.upstream"), "upstream is not supported by this build yet"));
+            return Err(ConfigError::new(
+                "config",
+                format!("{key}.upstream"),
+                "upstream is not supported by this build yet",
+            ));
         }
     }
     if !cfg.ingest.is_empty() {
-        return Err(ConfigError::new("config", "ingest", "ingest is not supported by this build yet"));
+        return Err(ConfigError::new(
+            "config",
+            "ingest",
+            "ingest is not supported by this build yet",
+        ));
     }
     if has_jwt_key {
-        return Err(ConfigError::new("auth", "jwt", "connection tokens are not supported by this build yet"));
+        return Err(ConfigError::new(
+            "auth",
+            "jwt",
+            "connection tokens are not supported by this build yet",
+        ));
     }
     Ok(cfg)
 }

@@ -146,7 +146,9 @@ impl OpError {
 impl From<BackplaneError> for OpError {
     fn from(e: BackplaneError) -> Self {
         let message = match &e {
-            BackplaneError::Unavailable(_) => "the backplane is unreachable; nothing was published, retry later".into(),
+            BackplaneError::Unavailable(_) => {
+                "the backplane is unreachable; nothing was published, retry later".into()
+            }
             BackplaneError::Protocol(_) => "internal error".into(),
             BackplaneError::Conflict => e.to_string(),
         };
@@ -164,7 +166,10 @@ mod tests {
     #[test]
     fn close_codes_round_trip() {
         for code in [1000, 1001, 1008, 1009, 1011, 4001, 4008] {
-            assert_eq!(CloseReason::from_code(code).map(CloseReason::code), Some(code));
+            assert_eq!(
+                CloseReason::from_code(code).map(CloseReason::code),
+                Some(code)
+            );
         }
         assert_eq!(CloseReason::from_code(4000), None);
     }

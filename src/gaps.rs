@@ -33,7 +33,10 @@ pub struct GapReport {
 
 impl GapReport {
     pub fn channel(&self, channel: &str) {
-        self.suspects.lock().unwrap_or_else(|p| p.into_inner()).insert(channel.into());
+        self.suspects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(channel.into());
         self.wake.notify_one();
     }
 
@@ -44,7 +47,12 @@ impl GapReport {
 
     fn take(&self) -> (bool, Vec<Arc<str>>) {
         let all = self.all.swap(false, Ordering::AcqRel);
-        let list = self.suspects.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        let list = self
+            .suspects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
         (all, list)
     }
 }
@@ -90,7 +98,12 @@ pub async fn run(state: Arc<AppState>, report: Arc<GapReport>, shutdown: Cancell
 }
 
 async fn check(state: &AppState, channel: &Arc<str>) -> Result<(), crate::error::BackplaneError> {
-    let Some(d) = state.config.namespaces.for_channel(channel).and_then(durability) else {
+    let Some(d) = state
+        .config
+        .namespaces
+        .for_channel(channel)
+        .and_then(durability)
+    else {
         return Ok(());
     };
     let Some((epoch, last)) = state.hub.position(channel) else {
@@ -98,14 +111,26 @@ async fn check(state: &AppState, channel: &Arc<str>) -> Result<(), crate::error:
     };
     let history = state
         .backplane
-        .history(channel, d, HistoryQuery::After { offset: last, limit: None })
+        .history(
+            channel,
+            d,
+            HistoryQuery::After {
+                offset: last,
+                limit: None,
+            },
+        )
         .await?;
     let pos = &history.position;
     let fillable = *pos.epoch == *epoch
         && pos.offset >= last
-        && history.messages.first().is_none_or(|m| m.offset == last + 1);
+        && history
+            .messages
+            .first()
+            .is_none_or(|m| m.offset == last + 1);
     if !fillable {
-        let closed = state.hub.close_subscribers(channel, CloseReason::SlowConsumer);
+        let closed = state
+            .hub
+            .close_subscribers(channel, CloseReason::SlowConsumer);
         state.metrics.gap_closes.increment(closed as u64);
         state.hub.reset_position(channel, &pos.epoch, pos.offset);
         tracing::warn!(channel = %channel, closed, "durable gap could not be filled; subscribers closed with 4008");
@@ -114,7 +139,9 @@ async fn check(state: &AppState, channel: &Arc<str>) -> Result<(), crate::error:
     let now = Instant::now();
     let mut filled = 0;
     for m in &history.messages {
-        let f = state.hub.dispatch(channel, &m.frame, Some((m.offset, &pos.epoch)), now);
+        let f = state
+            .hub
+            .dispatch(channel, &m.frame, Some((m.offset, &pos.epoch)), now);
         if f.queued > 0 || f.dropped > 0 {
             filled += 1;
         }

@@ -34,7 +34,11 @@ pub async fn read(
     for m in &history.messages {
         match frame_data(m.frame.as_str()) {
             Some(data) => messages.push(json!({"offset": m.offset, "data": data})),
-            None => tracing::warn!(channel, offset = m.offset, "skipping an unreadable history entry"),
+            None => tracing::warn!(
+                channel,
+                offset = m.offset,
+                "skipping an unreadable history entry"
+            ),
         }
     }
     Ok(json!({

@@ -54,7 +54,11 @@ impl Subscriber {
     }
 
     /// A subscriber whose frames are buffered until [`Hub::go_live`].
-    pub fn buffered(session: SessionId, outbox: Outbox, limit: usize) -> (Self, Arc<std::sync::Mutex<RecoveryBuffer>>) {
+    pub fn buffered(
+        session: SessionId,
+        outbox: Outbox,
+        limit: usize,
+    ) -> (Self, Arc<std::sync::Mutex<RecoveryBuffer>>) {
         let buffer = Arc::new(std::sync::Mutex::new(RecoveryBuffer {
             frames: Vec::new(),
             overflowed: false,
@@ -129,7 +133,10 @@ impl Hub {
 
     /// Drops the channel's entry if nobody subscribed meanwhile. Atomic with [`Hub::add`].
     pub fn remove_if_empty(&self, channel: &str) -> bool {
-        let removed = self.channels.remove_if(channel, |_, st| st.subscribers.is_empty()).is_some();
+        let removed = self
+            .channels
+            .remove_if(channel, |_, st| st.subscribers.is_empty())
+            .is_some();
         if removed {
             self.metrics.channels.decrement(1.0);
         }
@@ -163,7 +170,10 @@ impl Hub {
     }
 
     pub fn subscriber_count(&self, channel: &str) -> usize {
-        self.channels.get(channel).map(|e| e.subscribers.len()).unwrap_or(0)
+        self.channels
+            .get(channel)
+            .map(|e| e.subscribers.len())
+            .unwrap_or(0)
     }
 
     /// The durable position delivered on this node.
@@ -177,7 +187,13 @@ impl Hub {
     /// delivered offset is a duplicate (a gap fill raced the live path) and skipped; a
     /// frame that skips offsets, or comes from another epoch, is held back and reported
     /// as a gap, so that the gap filler delivers it in order from history.
-    pub fn dispatch(&self, channel: &str, frame: &Utf8Bytes, seq: Option<(u64, &str)>, since: Instant) -> Fanout {
+    pub fn dispatch(
+        &self,
+        channel: &str,
+        frame: &Utf8Bytes,
+        seq: Option<(u64, &str)>,
+        since: Instant,
+    ) -> Fanout {
         let mut out = Fanout::default();
         let Some(mut entry) = self.channels.get_mut(channel) else {
             return out;
@@ -257,7 +273,9 @@ impl Hub {
             },
         );
         if buffer.overflowed {
-            sub.outbox.control().close(crate::error::CloseReason::SlowConsumer);
+            sub.outbox
+                .control()
+                .close(crate::error::CloseReason::SlowConsumer);
             return GoLive::Overflowed;
         }
         let mut released = 0;
@@ -336,7 +354,14 @@ mod tests {
         hub.add(&ch, Subscriber::live(1, a));
         hub.add(&ch, Subscriber::live(2, b));
         let f = hub.dispatch("c", &"x".into(), None, Instant::now());
-        assert_eq!(f, Fanout { queued: 2, dropped: 0, gap: false });
+        assert_eq!(
+            f,
+            Fanout {
+                queued: 2,
+                dropped: 0,
+                gap: false
+            }
+        );
         assert!(ra.try_recv().is_ok());
         assert!(rb.try_recv().is_ok());
         assert!(ra.try_recv().is_err());
@@ -352,11 +377,24 @@ mod tests {
         hub.add(&ch, Subscriber::live(2, fast));
         hub.dispatch("c", &"1".into(), None, Instant::now());
         let f = hub.dispatch("c", &"2".into(), None, Instant::now());
-        assert_eq!(f, Fanout { queued: 1, dropped: 1, gap: false });
+        assert_eq!(
+            f,
+            Fanout {
+                queued: 1,
+                dropped: 1,
+                gap: false
+            }
+        );
         assert!(slow_ctl.is_closing());
         assert!(!fast_ctl.is_closing());
-        assert_eq!(rf.try_recv().map(|o| o.msg).ok(), Some(Message::Text("1".into())));
-        assert_eq!(rf.try_recv().map(|o| o.msg).ok(), Some(Message::Text("2".into())));
+        assert_eq!(
+            rf.try_recv().map(|o| o.msg).ok(),
+            Some(Message::Text("1".into()))
+        );
+        assert_eq!(
+            rf.try_recv().map(|o| o.msg).ok(),
+            Some(Message::Text("2".into()))
+        );
     }
 
     #[tokio::test]
@@ -386,8 +424,14 @@ mod tests {
         assert!(ra.try_recv().is_ok());
         assert!(ra.try_recv().is_err());
         // A skipped offset, or another epoch, is a gap: held back, not delivered.
-        assert!(hub.dispatch("c", &"4".into(), Some((4, "e")), Instant::now()).gap);
-        assert!(hub.dispatch("c", &"3".into(), Some((3, "f")), Instant::now()).gap);
+        assert!(
+            hub.dispatch("c", &"4".into(), Some((4, "e")), Instant::now())
+                .gap
+        );
+        assert!(
+            hub.dispatch("c", &"3".into(), Some((3, "f")), Instant::now())
+                .gap
+        );
         assert!(ra.try_recv().is_err());
     }
 
@@ -399,13 +443,27 @@ mod tests {
         let (sub, _buf) = Subscriber::buffered(1, a, 8);
         hub.add(&ch, sub);
         for off in 5..=7 {
-            hub.dispatch("c", &off.to_string().into(), Some((off, "e")), Instant::now());
+            hub.dispatch(
+                "c",
+                &off.to_string().into(),
+                Some((off, "e")),
+                Instant::now(),
+            );
         }
         assert!(ra.try_recv().is_err(), "nothing is live before go_live");
         assert_eq!(hub.go_live("c", 1, Some(5)), GoLive::Released(2));
-        assert_eq!(ra.try_recv().map(|o| o.msg).ok(), Some(Message::Text("6".into())));
-        assert_eq!(ra.try_recv().map(|o| o.msg).ok(), Some(Message::Text("7".into())));
+        assert_eq!(
+            ra.try_recv().map(|o| o.msg).ok(),
+            Some(Message::Text("6".into()))
+        );
+        assert_eq!(
+            ra.try_recv().map(|o| o.msg).ok(),
+            Some(Message::Text("7".into()))
+        );
         hub.dispatch("c", &"8".into(), Some((8, "e")), Instant::now());
-        assert_eq!(ra.try_recv().map(|o| o.msg).ok(), Some(Message::Text("8".into())));
+        assert_eq!(
+            ra.try_recv().map(|o| o.msg).ok(),
+            Some(Message::Text("8".into()))
+        );
     }
 }

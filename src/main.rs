@@ -9,7 +9,9 @@ use herald::server::{Node, StartError};
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
-    let config = match Config::load(&flags, &SecretEnv::from_process()).and_then(herald::config::check_startup) {
+    let config = match Config::load(&flags, &SecretEnv::from_process())
+        .and_then(herald::config::check_startup)
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("herald: {e}");
@@ -39,7 +41,10 @@ fn main() -> ExitCode {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     if config.insecure && !config.listen.ip().is_loopback() {
-        tracing::warn!("--insecure: serving on {} without API keys or token checks", config.listen);
+        tracing::warn!(
+            "--insecure: serving on {} without API keys or token checks",
+            config.listen
+        );
     }
     let node = Node::start(config).await?;
     tracing::info!(
@@ -63,7 +68,9 @@ fn init_logging(format: Option<LogFormat>) {
         Some(LogFormat::Text) => false,
         None => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {

@@ -6,7 +6,9 @@
 //! `increment(n)` per fan-out, not one per subscriber).
 
 use metrics::{Counter, Gauge, Histogram, Key, Metadata, Recorder, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 /// Latency buckets, in seconds: 100 µs to 5 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -50,23 +52,87 @@ impl Metrics {
         let r = &recorder;
         Self {
             connections: gauge(r, "herald_connections", "open WebSocket connections"),
-            subscriptions: gauge(r, "herald_subscriptions", "channel subscriptions of local sessions"),
+            subscriptions: gauge(
+                r,
+                "herald_subscriptions",
+                "channel subscriptions of local sessions",
+            ),
             channels: gauge(r, "herald_channels", "channels with local subscribers"),
-            connections_total: counter(r, "herald_connections_total", "WebSocket connections accepted"),
-            published: counter(r, "herald_messages_published_total", "publishes accepted by the backplane from this node"),
-            delivered: counter(r, "herald_messages_delivered_total", "messages queued to local sockets"),
-            dropped: counter(r, "herald_messages_dropped_total", "messages not queued because a socket's queue was full"),
-            slow_consumer_closes: counter(r, "herald_slow_consumer_closes_total", "connections closed with 4008 (slow consumer)"),
-            backplane_reconnects: counter(r, "herald_backplane_reconnects_total", "backplane connections re-established"),
-            backplane_lagged: counter(r, "herald_backplane_lagged_total", "backplane messages skipped by a lagging reader"),
-            invalid_payloads: counter(r, "herald_backplane_invalid_payloads_total", "backplane payloads dropped as invalid"),
-            publish_errors: counter(r, "herald_publish_errors_total", "publishes the backplane did not accept"),
-            gap_closes: counter(r, "herald_gap_closes_total", "durable subscribers closed with 4008 for a gap"),
-            gap_fills: counter(r, "herald_gap_fills_total", "durable messages filled from history after a gap"),
-            rejected_upgrades: counter(r, "herald_rejected_upgrades_total", "WebSocket upgrades refused"),
-            rate_limited: counter(r, "herald_rate_limited_total", "client frames refused by the rate limit"),
-            delivery_latency: histogram(r, "herald_delivery_latency_seconds", "backplane receipt to socket write"),
-            publish_duration: histogram(r, "herald_publish_duration_seconds", "publish request to backplane acceptance"),
+            connections_total: counter(
+                r,
+                "herald_connections_total",
+                "WebSocket connections accepted",
+            ),
+            published: counter(
+                r,
+                "herald_messages_published_total",
+                "publishes accepted by the backplane from this node",
+            ),
+            delivered: counter(
+                r,
+                "herald_messages_delivered_total",
+                "messages queued to local sockets",
+            ),
+            dropped: counter(
+                r,
+                "herald_messages_dropped_total",
+                "messages not queued because a socket's queue was full",
+            ),
+            slow_consumer_closes: counter(
+                r,
+                "herald_slow_consumer_closes_total",
+                "connections closed with 4008 (slow consumer)",
+            ),
+            backplane_reconnects: counter(
+                r,
+                "herald_backplane_reconnects_total",
+                "backplane connections re-established",
+            ),
+            backplane_lagged: counter(
+                r,
+                "herald_backplane_lagged_total",
+                "backplane messages skipped by a lagging reader",
+            ),
+            invalid_payloads: counter(
+                r,
+                "herald_backplane_invalid_payloads_total",
+                "backplane payloads dropped as invalid",
+            ),
+            publish_errors: counter(
+                r,
+                "herald_publish_errors_total",
+                "publishes the backplane did not accept",
+            ),
+            gap_closes: counter(
+                r,
+                "herald_gap_closes_total",
+                "durable subscribers closed with 4008 for a gap",
+            ),
+            gap_fills: counter(
+                r,
+                "herald_gap_fills_total",
+                "durable messages filled from history after a gap",
+            ),
+            rejected_upgrades: counter(
+                r,
+                "herald_rejected_upgrades_total",
+                "WebSocket upgrades refused",
+            ),
+            rate_limited: counter(
+                r,
+                "herald_rate_limited_total",
+                "client frames refused by the rate limit",
+            ),
+            delivery_latency: histogram(
+                r,
+                "herald_delivery_latency_seconds",
+                "backplane receipt to socket write",
+            ),
+            publish_duration: histogram(
+                r,
+                "herald_publish_duration_seconds",
+                "publish request to backplane acceptance",
+            ),
             handle,
         }
     }
@@ -83,7 +149,8 @@ impl Metrics {
     }
 }
 
-static METADATA: Metadata<'static> = Metadata::new("herald", metrics::Level::INFO, Some("herald::metrics"));
+static METADATA: Metadata<'static> =
+    Metadata::new("herald", metrics::Level::INFO, Some("herald::metrics"));
 
 fn counter(r: &PrometheusRecorder, name: &'static str, help: &'static str) -> Counter {
     r.describe_counter(name.into(), None, help.into());
@@ -112,8 +179,14 @@ mod tests {
         m.delivery_latency.record(0.002);
         m.upkeep();
         let text = m.render();
-        assert!(text.contains("herald_messages_delivered_total{node=\"n1\"} 3"), "{text}");
+        assert!(
+            text.contains("herald_messages_delivered_total{node=\"n1\"} 3"),
+            "{text}"
+        );
         assert!(text.contains("herald_connections{node=\"n1\"} 1"), "{text}");
-        assert!(text.contains("herald_delivery_latency_seconds_bucket"), "{text}");
+        assert!(
+            text.contains("herald_delivery_latency_seconds_bucket"),
+            "{text}"
+        );
     }
 }

@@ -153,7 +153,10 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
                 "a frame must be one JSON object".to_string()
             };
             // A field of the wrong type may still sit beside a readable id.
-            let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|f| f.id).and_then(|v| parse_id(v).ok());
+            let id = serde_json::from_str::<IdOnly>(text)
+                .ok()
+                .and_then(|f| f.id)
+                .and_then(|v| parse_id(v).ok());
             return Err(FrameError::bad(id, msg));
         }
     };
@@ -165,29 +168,39 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
         return Err(FrameError::bad(id, "missing field 'op'"));
     };
     let channel = || -> Result<&str, FrameError> {
-        let v = raw.channel.ok_or_else(|| FrameError::bad(id, "missing field 'channel'"))?;
+        let v = raw
+            .channel
+            .ok_or_else(|| FrameError::bad(id, "missing field 'channel'"))?;
         let name = raw_str(v).ok_or_else(|| FrameError::bad(id, "'channel' must be a string"))?;
         validate_channel(name).map_err(|m| FrameError::bad(id, m))?;
         Ok(name)
     };
-    let position = |v: Option<&RawValue>, field: &str| -> Result<Option<StreamPosition>, FrameError> {
-        match v {
-            None => Ok(None),
-            Some(v) if v.get() == "null" => Ok(None),
-            Some(v) => serde_json::from_str(v.get())
-                .map(Some)
-                .map_err(|_| FrameError::bad(id, format!("'{field}' must be {{\"epoch\":\"…\",\"offset\":N}}"))),
-        }
-    };
+    let position =
+        |v: Option<&RawValue>, field: &str| -> Result<Option<StreamPosition>, FrameError> {
+            match v {
+                None => Ok(None),
+                Some(v) if v.get() == "null" => Ok(None),
+                Some(v) => serde_json::from_str(v.get()).map(Some).map_err(|_| {
+                    FrameError::bad(
+                        id,
+                        format!("'{field}' must be {{\"epoch\":\"…\",\"offset\":N}}"),
+                    )
+                }),
+            }
+        };
     let op = match op {
         "subscribe" => Op::Subscribe {
             channel: channel()?,
             recover: position(raw.recover, "recover")?,
         },
-        "unsubscribe" => Op::Unsubscribe { channel: channel()? },
+        "unsubscribe" => Op::Unsubscribe {
+            channel: channel()?,
+        },
         "publish" => {
             let channel = channel()?;
-            let data = raw.data.ok_or_else(|| FrameError::bad(id, "missing field 'data'"))?;
+            let data = raw
+                .data
+                .ok_or_else(|| FrameError::bad(id, "missing field 'data'"))?;
             let idempotency_key = match raw.idempotency_key {
                 None => None,
                 Some(v) => {
@@ -204,21 +217,25 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
             }
         }
         "history" => {
-            let limit = match raw.limit {
-                None => None,
-                Some(v) => Some(
-                    serde_json::from_str::<u64>(v.get())
-                        .map_err(|_| FrameError::bad(id, "'limit' must be a non-negative integer"))?,
-                ),
-            };
+            let limit =
+                match raw.limit {
+                    None => None,
+                    Some(v) => Some(serde_json::from_str::<u64>(v.get()).map_err(|_| {
+                        FrameError::bad(id, "'limit' must be a non-negative integer")
+                    })?),
+                };
             Op::History {
                 channel: channel()?,
                 since: position(raw.since, "since")?,
                 limit,
             }
         }
-        "presence" => Op::Presence { channel: channel()? },
-        "presence_stats" => Op::PresenceStats { channel: channel()? },
+        "presence" => Op::Presence {
+            channel: channel()?,
+        },
+        "presence_stats" => Op::PresenceStats {
+            channel: channel()?,
+        },
         "refresh" => {
             let token = raw
                 .token
@@ -303,7 +320,11 @@ fn push_sequence(buf: &mut BytesMut, seq: Sequence<'_>) {
     buf.put_slice(b",\"offset\":");
     buf.put_slice(seq.offset.to_string().as_bytes());
     buf.put_slice(b",\"epoch\":");
-    buf.put_slice(serde_json::to_string(seq.epoch).unwrap_or_default().as_bytes());
+    buf.put_slice(
+        serde_json::to_string(seq.epoch)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
 }
 
 /// `{"type":"welcome",…}`.
@@ -361,7 +382,10 @@ struct Payload<'a> {
 pub fn check_payload(channel: &str, payload: &str) -> Result<PayloadKind, String> {
     let p: Payload<'_> = serde_json::from_str(payload).map_err(|e| format!("not a frame: {e}"))?;
     if p.channel != channel {
-        return Err(format!("frame names channel '{}' on the backplane channel of '{channel}'", p.channel));
+        return Err(format!(
+            "frame names channel '{}' on the backplane channel of '{channel}'",
+            p.channel
+        ));
     }
     match &*p.kind {
         "message" if p.data.is_some() => Ok(PayloadKind::Message {
@@ -372,9 +396,14 @@ pub fn check_payload(channel: &str, payload: &str) -> Result<PayloadKind, String
             },
         }),
         "message" => Err("message frame without 'data'".into()),
-        "join" | "leave" if p.client.is_some_and(|c| c.get().starts_with('{')) => Ok(PayloadKind::Presence),
+        "join" | "leave" if p.client.is_some_and(|c| c.get().starts_with('{')) => {
+            Ok(PayloadKind::Presence)
+        }
         "join" | "leave" => Err("presence frame without a 'client' object".into()),
-        other => Err(format!("unknown frame type '{}'", other.chars().take(32).collect::<String>())),
+        other => Err(format!(
+            "unknown frame type '{}'",
+            other.chars().take(32).collect::<String>()
+        )),
     }
 }
 
@@ -403,7 +432,8 @@ mod tests {
 
     #[test]
     fn parses_publish_keeping_raw_data() {
-        let f = parse_client_frame(r#"{"id":3,"op":"publish","channel":"c","data":{"a": [1, 2]}}"#).unwrap();
+        let f = parse_client_frame(r#"{"id":3,"op":"publish","channel":"c","data":{"a": [1, 2]}}"#)
+            .unwrap();
         assert_eq!(f.id, Some(3));
         match f.op {
             Op::Publish { channel, data, .. } => {
@@ -427,7 +457,8 @@ mod tests {
         let e = parse_client_frame(r#"{"id":9,"op":"subscribe"}"#).unwrap_err();
         assert_eq!(e.id, Some(9));
         assert!(e.message.contains("channel"));
-        let e = parse_client_frame(r#"{"id":9,"op":"subscribe","channel":"bad name"}"#).unwrap_err();
+        let e =
+            parse_client_frame(r#"{"id":9,"op":"subscribe","channel":"bad name"}"#).unwrap_err();
         assert_eq!(e.id, Some(9));
         let e = parse_client_frame(r#"{"id":9,"op":5}"#).unwrap_err();
         assert_eq!(e.id, Some(9));
@@ -447,12 +478,27 @@ mod tests {
     fn message_frames() {
         let data = RawValue::from_string(r#"{"t":"hi"}"#.into()).unwrap();
         let plain = message_frame("c:1", &data, None);
-        assert_eq!(&plain[..], br#"{"type":"message","channel":"c:1","data":{"t":"hi"}}"#);
-        let durable = message_frame("c:1", &data, Some(Sequence { offset: 42, epoch: "e1" }));
+        assert_eq!(
+            &plain[..],
+            br#"{"type":"message","channel":"c:1","data":{"t":"hi"}}"#
+        );
+        let durable = message_frame(
+            "c:1",
+            &data,
+            Some(Sequence {
+                offset: 42,
+                epoch: "e1",
+            }),
+        );
         let v: serde_json::Value = serde_json::from_slice(&durable).unwrap();
         assert_eq!(v["offset"], 42);
         assert_eq!(v["epoch"], "e1");
-        assert_eq!(check_payload("c:1", std::str::from_utf8(&durable).unwrap()), Ok(PayloadKind::Message { seq: Some((42, "e1".into())) }));
+        assert_eq!(
+            check_payload("c:1", std::str::from_utf8(&durable).unwrap()),
+            Ok(PayloadKind::Message {
+                seq: Some((42, "e1".into()))
+            })
+        );
     }
 
     #[test]
@@ -462,7 +508,13 @@ mod tests {
         assert!(check_payload("c", r#"{"type":"message","channel":"d","data":1}"#).is_err());
         assert!(check_payload("c", r#"{"type":"message","channel":"c"}"#).is_err());
         assert!(check_payload("c", r#"{"type":"welcome","channel":"c","data":1}"#).is_err());
-        assert!(check_payload("c", r#"{"type":"join","channel":"c","client":{"session":"s"}}"#).is_ok());
+        assert!(
+            check_payload(
+                "c",
+                r#"{"type":"join","channel":"c","client":{"session":"s"}}"#
+            )
+            .is_ok()
+        );
         assert!(check_payload("c", r#"{"type":"join","channel":"c","client":3}"#).is_err());
         assert!(check_payload("c", "garbage").is_err());
         assert!(check_payload("c", "").is_err());
@@ -470,8 +522,12 @@ mod tests {
 
     #[test]
     fn replies() {
-        assert_eq!(reply_ok(7, &serde_json::json!({})), r#"{"type":"reply","id":7,"result":{}}"#);
-        let e: serde_json::Value = serde_json::from_str(&reply_error(None, ErrorCode::BadRequest, "x\"y")).unwrap();
+        assert_eq!(
+            reply_ok(7, &serde_json::json!({})),
+            r#"{"type":"reply","id":7,"result":{}}"#
+        );
+        let e: serde_json::Value =
+            serde_json::from_str(&reply_error(None, ErrorCode::BadRequest, "x\"y")).unwrap();
         assert!(e["id"].is_null());
         assert_eq!(e["error"]["code"], "bad_request");
         assert_eq!(e["error"]["message"], "x\"y");

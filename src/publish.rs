@@ -21,7 +21,12 @@ pub fn durability(ns: &Namespace) -> Option<Durability> {
 }
 
 /// Publishes `data` on `channel` and answers the result object of PROTOCOL §2.2.
-pub async fn publish(state: &AppState, channel: &str, ns: &Namespace, data: &RawValue) -> Result<Value, OpError> {
+pub async fn publish(
+    state: &AppState,
+    channel: &str,
+    ns: &Namespace,
+    data: &RawValue,
+) -> Result<Value, OpError> {
     let start = Instant::now();
     let req = PublishRequest {
         channel,
@@ -31,7 +36,10 @@ pub async fn publish(state: &AppState, channel: &str, ns: &Namespace, data: &Raw
     match state.backplane.publish(req).await {
         Ok(published) => {
             state.metrics.published.increment(1);
-            state.metrics.publish_duration.record(start.elapsed().as_secs_f64());
+            state
+                .metrics
+                .publish_duration
+                .record(start.elapsed().as_secs_f64());
             Ok(result_json(&published))
         }
         Err(e) => {

@@ -30,7 +30,8 @@ pub async fn subscribe_durable(
     recover: Option<StreamPosition>,
     id: Option<RequestId>,
 ) -> Result<(), OpError> {
-    let (sub, _buffer) = Subscriber::buffered(session, outbox.clone(), state.config.limits.outbox_messages);
+    let (sub, _buffer) =
+        Subscriber::buffered(session, outbox.clone(), state.config.limits.outbox_messages);
     state.subscriptions.subscribe(channel, sub).await?;
 
     let read = async {
@@ -38,17 +39,33 @@ pub async fn subscribe_durable(
             Some(pos) => {
                 let history = state
                     .backplane
-                    .history(channel, d, HistoryQuery::After { offset: pos.offset, limit: None })
+                    .history(
+                        channel,
+                        d,
+                        HistoryQuery::After {
+                            offset: pos.offset,
+                            limit: None,
+                        },
+                    )
                     .await?;
                 let current = &history.position;
                 let contiguous = match history.messages.first() {
                     Some(first) => first.offset == pos.offset + 1,
                     None => current.offset == pos.offset,
                 };
-                let recovered = pos.epoch == current.epoch && pos.offset <= current.offset && contiguous;
-                Ok::<_, crate::error::BackplaneError>((history.position.clone(), Some(recovered), history.messages))
+                let recovered =
+                    pos.epoch == current.epoch && pos.offset <= current.offset && contiguous;
+                Ok::<_, crate::error::BackplaneError>((
+                    history.position.clone(),
+                    Some(recovered),
+                    history.messages,
+                ))
             }
-            None => Ok((state.backplane.position(channel, d).await?, None, Vec::new())),
+            None => Ok((
+                state.backplane.position(channel, d).await?,
+                None,
+                Vec::new(),
+            )),
         }
     };
     let (position, recovered, messages) = match read.await {
@@ -59,14 +76,22 @@ pub async fn subscribe_durable(
         }
     };
 
-    state.hub.note_position(channel, &position.epoch, position.offset);
+    state
+        .hub
+        .note_position(channel, &position.epoch, position.offset);
     if let Some(id) = id {
         let mut result = json!({"epoch": position.epoch, "offset": position.offset});
         if let Some(recovered) = recovered {
             result["recovered"] = json!(recovered);
         }
         let reply = protocol::reply_ok(id, &result);
-        if outbox.send(Outgoing::now(axum::extract::ws::Message::Text(reply.into()))).await.is_err() {
+        if outbox
+            .send(Outgoing::now(axum::extract::ws::Message::Text(
+                reply.into(),
+            )))
+            .await
+            .is_err()
+        {
             return Ok(());
         }
     }
@@ -75,18 +100,27 @@ pub async fn subscribe_durable(
     if recovered == Some(true) {
         for m in messages {
             sent = m.offset;
-            if outbox.send(Outgoing::now(axum::extract::ws::Message::Text(m.frame))).await.is_err() {
+            if outbox
+                .send(Outgoing::now(axum::extract::ws::Message::Text(m.frame)))
+                .await
+                .is_err()
+            {
                 return Ok(());
             }
         }
     }
     // The buffer must fit into the queue at once: give the writer time to make room.
-    outbox.wait_for_room(state.config.limits.outbox_messages / 2).await;
+    outbox
+        .wait_for_room(state.config.limits.outbox_messages / 2)
+        .await;
     match state.hub.go_live(channel, session, Some(sent)) {
         GoLive::Released(_) | GoLive::Gone => Ok(()),
         GoLive::Overflowed => {
             state.metrics.slow_consumer_closes.increment(1);
-            Err(OpError::new(ErrorCode::Unavailable, "too many messages during recovery; reconnect and recover"))
+            Err(OpError::new(
+                ErrorCode::Unavailable,
+                "too many messages during recovery; reconnect and recover",
+            ))
         }
     }
 }

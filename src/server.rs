@@ -42,7 +42,10 @@ pub enum StartError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("backplane: {0}")]
     Backplane(#[from] crate::error::BackplaneError),
 }
@@ -145,7 +148,8 @@ impl Node {
                 (redis.clone() as Arc<dyn Backplane>, Some(redis))
             }
         };
-        let subscriptions = Subscriptions::new(hub.clone(), backplane.clone(), config.unsubscribe_grace);
+        let subscriptions =
+            Subscriptions::new(hub.clone(), backplane.clone(), config.unsubscribe_grace);
         let state = Arc::new(AppState {
             tokens: Tokens::from_config(&config)?,
             connection_rate: ConnectionRate::new(config.limits.new_connections_per_sec),
@@ -165,14 +169,22 @@ impl Node {
         tokio::spawn(gaps::run(state.clone(), gap_report, shutdown.clone()));
         tokio::spawn(upkeep(metrics, shutdown.clone()));
 
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Listen { addr: config.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
         let app = router(state.clone());
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, app.into_make_service()).with_graceful_shutdown(stop.cancelled_owned());
+            let serve = axum::serve(listener, app.into_make_service())
+                .with_graceful_shutdown(stop.cancelled_owned());
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "http server failed");
             }
@@ -214,7 +226,10 @@ fn router(state: Arc<AppState>) -> Router {
     let api_routes = Router::new()
         .route("/publish", post(api::publish))
         .route("/channels/{channel}/history", get(api::history))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), api::require_api_key))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::require_api_key,
+        ))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes));
     let mut router = Router::new()
         .route("/ws", get(ws_handler))
@@ -223,7 +238,10 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(api::metrics))
         .nest("/api", api_routes)
         .fallback_service(ServeDir::new(&state.config.static_dir))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, HTTP_TIMEOUT));
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            HTTP_TIMEOUT,
+        ));
     let origins: Vec<HeaderValue> = state
         .config
         .auth
@@ -234,7 +252,11 @@ fn router(state: Arc<AppState>) -> Router {
         .collect();
     let allow_any = state.config.auth.allowed_origins.iter().any(|o| o == "*");
     if allow_any || !origins.is_empty() {
-        let allow = if allow_any { AllowOrigin::any() } else { AllowOrigin::list(origins) };
+        let allow = if allow_any {
+            AllowOrigin::any()
+        } else {
+            AllowOrigin::list(origins)
+        };
         router = router.layer(
             CorsLayer::new()
                 .allow_origin(allow)

@@ -57,7 +57,11 @@ impl Subscriptions {
 
     /// Adds a local subscriber and returns once the node's backplane subscription to
     /// the channel is confirmed. On error the subscriber is removed again.
-    pub async fn subscribe(self: &Arc<Self>, channel: &Arc<str>, sub: Subscriber) -> Result<(), BackplaneError> {
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        channel: &Arc<str>,
+        sub: Subscriber,
+    ) -> Result<(), BackplaneError> {
         let session = sub.session;
         // A confirmation from an older link generation is worth nothing.
         let current = self.is_current(*self.link.borrow());
@@ -122,7 +126,11 @@ impl Subscriptions {
                 match self.resubscribe_all().await {
                     Ok(n) => {
                         self.resubscribed.store(now.generation, Ordering::Release);
-                        tracing::info!(channels = n, generation = now.generation, "backplane subscriptions in place");
+                        tracing::info!(
+                            channels = n,
+                            generation = now.generation,
+                            "backplane subscriptions in place"
+                        );
                         continue;
                     }
                     Err(e) => {

@@ -16,7 +16,8 @@ use dashmap::DashMap;
 use tokio::sync::watch;
 
 use super::{
-    Backplane, Durability, History, HistoryQuery, Link, Position, PublishRequest, Published, StoredMessage, new_epoch,
+    Backplane, Durability, History, HistoryQuery, Link, Position, PublishRequest, Published,
+    StoredMessage, new_epoch,
 };
 use crate::error::BackplaneError;
 use crate::hub::Hub;
@@ -58,7 +59,11 @@ impl MemoryBackplane {
                 touched: Instant::now(),
             }))
         };
-        let ring = self.rings.entry(channel.into()).or_insert_with(fresh).clone();
+        let ring = self
+            .rings
+            .entry(channel.into())
+            .or_insert_with(fresh)
+            .clone();
         let expired = lock(&ring).touched.elapsed() > d.history_ttl;
         if expired {
             let new = fresh();
@@ -79,7 +84,8 @@ impl Backplane for MemoryBackplane {
         let now = Instant::now();
         let Some(d) = req.durable else {
             let frame = protocol::message_frame(req.channel, req.data, None);
-            let frame = Utf8Bytes::try_from(frame).map_err(|e| BackplaneError::Protocol(e.to_string()))?;
+            let frame =
+                Utf8Bytes::try_from(frame).map_err(|e| BackplaneError::Protocol(e.to_string()))?;
             self.hub.dispatch(req.channel, &frame, None, now);
             return Ok(Published::Plain);
         };
@@ -97,7 +103,8 @@ impl Backplane for MemoryBackplane {
                 epoch: &r.epoch,
             }),
         );
-        let frame = Utf8Bytes::try_from(frame).map_err(|e| BackplaneError::Protocol(e.to_string()))?;
+        let frame =
+            Utf8Bytes::try_from(frame).map_err(|e| BackplaneError::Protocol(e.to_string()))?;
         r.frames.push_back(StoredMessage {
             offset,
             frame: frame.clone(),
@@ -106,7 +113,8 @@ impl Backplane for MemoryBackplane {
             r.frames.pop_front();
         }
         let epoch = r.epoch.clone();
-        self.hub.dispatch(req.channel, &frame, Some((offset, &epoch)), now);
+        self.hub
+            .dispatch(req.channel, &frame, Some((offset, &epoch)), now);
         Ok(Published::Durable(Position {
             epoch: r.epoch.clone(),
             offset,
@@ -139,13 +147,23 @@ impl Backplane for MemoryBackplane {
         })
     }
 
-    async fn history(&self, channel: &str, d: Durability, query: HistoryQuery) -> Result<History, BackplaneError> {
+    async fn history(
+        &self,
+        channel: &str,
+        d: Durability,
+        query: HistoryQuery,
+    ) -> Result<History, BackplaneError> {
         let ring = self.ring(channel, d);
         let r = lock(&ring);
         let messages: Vec<StoredMessage> = match query {
             HistoryQuery::After { offset, limit } => {
                 let limit = limit.unwrap_or(u64::MAX) as usize;
-                r.frames.iter().filter(|m| m.offset > offset).take(limit).cloned().collect()
+                r.frames
+                    .iter()
+                    .filter(|m| m.offset > offset)
+                    .take(limit)
+                    .cloned()
+                    .collect()
             }
             HistoryQuery::Newest { limit } => {
                 let limit = limit.unwrap_or(u64::MAX) as usize;
@@ -194,12 +212,44 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        let h = e.history("c", D, HistoryQuery::After { offset: 0, limit: None }).await.unwrap();
-        assert_eq!(h.messages.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![3, 4, 5]);
-        let h = e.history("c", D, HistoryQuery::Newest { limit: Some(2) }).await.unwrap();
-        assert_eq!(h.messages.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![4, 5]);
-        let h = e.history("c", D, HistoryQuery::After { offset: 3, limit: Some(1) }).await.unwrap();
-        assert_eq!(h.messages.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![4]);
+        let h = e
+            .history(
+                "c",
+                D,
+                HistoryQuery::After {
+                    offset: 0,
+                    limit: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            h.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+        let h = e
+            .history("c", D, HistoryQuery::Newest { limit: Some(2) })
+            .await
+            .unwrap();
+        assert_eq!(
+            h.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+            vec![4, 5]
+        );
+        let h = e
+            .history(
+                "c",
+                D,
+                HistoryQuery::After {
+                    offset: 3,
+                    limit: Some(1),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            h.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+            vec![4]
+        );
         assert_eq!(h.position.offset, 5);
     }
 

@@ -24,7 +24,8 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Backplane, Durability, History, HistoryQuery, Link, Position, PublishRequest, Published, StoredMessage, new_epoch,
+    Backplane, Durability, History, HistoryQuery, Link, Position, PublishRequest, Published,
+    StoredMessage, new_epoch,
 };
 use crate::error::BackplaneError;
 use crate::gaps::GapReport;
@@ -54,7 +55,9 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
-        Self { prefix: prefix.into() }
+        Self {
+            prefix: prefix.into(),
+        }
     }
     pub fn pubsub(&self, channel: &str) -> String {
         format!("{}:{{{channel}}}:ch", self.prefix)
@@ -95,7 +98,8 @@ impl RedisBackplane {
         gaps: Arc<GapReport>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, BackplaneError> {
-        let config = Config::from_url(url).map_err(|e| BackplaneError::Unavailable(format!("redis url: {e}")))?;
+        let config = Config::from_url(url)
+            .map_err(|e| BackplaneError::Unavailable(format!("redis url: {e}")))?;
         let mut builder = Builder::from_config(config);
         builder
             // fred's default is to never reconnect: retry forever, 100 ms to 5 s apart.
@@ -115,7 +119,9 @@ impl RedisBackplane {
                 p.default_command_timeout = COMMAND_TIMEOUT;
                 p.broadcast_channel_capacity = PUBSUB_CAPACITY;
             });
-        let client = builder.build().map_err(|e| BackplaneError::Unavailable(e.to_string()))?;
+        let client = builder
+            .build()
+            .map_err(|e| BackplaneError::Unavailable(e.to_string()))?;
         let subscriber = builder
             .build_subscriber_client()
             .map_err(|e| BackplaneError::Unavailable(e.to_string()))?;
@@ -134,8 +140,21 @@ impl RedisBackplane {
         let messages = this.subscriber.message_rx();
         this.client.connect();
         this.subscriber.connect();
-        tokio::spawn(read_messages(messages, this.keys.clone(), hub, metrics.clone(), gaps, shutdown.clone()));
-        tokio::spawn(watch_link(this.clone(), reconnects, errors, metrics, shutdown));
+        tokio::spawn(read_messages(
+            messages,
+            this.keys.clone(),
+            hub,
+            metrics.clone(),
+            gaps,
+            shutdown.clone(),
+        ));
+        tokio::spawn(watch_link(
+            this.clone(),
+            reconnects,
+            errors,
+            metrics,
+            shutdown,
+        ));
         Ok(this)
     }
 
@@ -213,14 +232,19 @@ fn value_u64(v: &Value) -> Option<u64> {
 
 fn parse_position(epoch: &Value, offset: &Value) -> Result<Position, BackplaneError> {
     Ok(Position {
-        epoch: value_str(epoch).ok_or_else(|| BackplaneError::Protocol("epoch is not a string".into()))?,
-        offset: value_u64(offset).ok_or_else(|| BackplaneError::Protocol("offset is not an integer".into()))?,
+        epoch: value_str(epoch)
+            .ok_or_else(|| BackplaneError::Protocol("epoch is not a string".into()))?,
+        offset: value_u64(offset)
+            .ok_or_else(|| BackplaneError::Protocol("offset is not an integer".into()))?,
     })
 }
 
 fn parse_history(reply: Vec<Value>) -> Result<History, BackplaneError> {
     if reply.len() < 2 || reply.len() % 2 != 0 {
-        return Err(BackplaneError::Protocol(format!("history reply of {} items", reply.len())));
+        return Err(BackplaneError::Protocol(format!(
+            "history reply of {} items",
+            reply.len()
+        )));
     }
     let position = parse_position(&reply[0], &reply[1])?;
     let mut messages = Vec::with_capacity(reply.len() / 2 - 1);
@@ -230,7 +254,8 @@ fn parse_history(reply: Vec<Value>) -> Result<History, BackplaneError> {
             .split_once('-')
             .and_then(|(ms, _)| ms.parse().ok())
             .ok_or_else(|| BackplaneError::Protocol(format!("stream id '{id}'")))?;
-        let text = value_str(&pair[1]).ok_or_else(|| BackplaneError::Protocol("stream frame".into()))?;
+        let text =
+            value_str(&pair[1]).ok_or_else(|| BackplaneError::Protocol("stream frame".into()))?;
         messages.push(StoredMessage {
             offset,
             frame: Utf8Bytes::from(text),
@@ -252,7 +277,11 @@ impl Backplane for RedisBackplane {
             }
             Some(d) => {
                 let open = protocol::message_frame_open(req.channel, req.data);
-                let keys = vec![self.keys.meta(req.channel), self.keys.stream(req.channel), channel];
+                let keys = vec![
+                    self.keys.meta(req.channel),
+                    self.keys.stream(req.channel),
+                    channel,
+                ];
                 let args: Vec<Value> = vec![
                     Value::Bytes(open),
                     (d.history_size.min(i64::MAX as u64) as i64).into(),
@@ -274,7 +303,10 @@ impl Backplane for RedisBackplane {
 
     async fn subscribe(&self, channel: &str) -> Result<(), BackplaneError> {
         self.check_link()?;
-        self.subscriber.subscribe(self.keys.pubsub(channel)).await.map_err(map_err)
+        self.subscriber
+            .subscribe(self.keys.pubsub(channel))
+            .await
+            .map_err(map_err)
     }
 
     async fn subscribe_many(&self, channels: &[&str]) -> Result<(), BackplaneError> {
@@ -286,7 +318,10 @@ impl Backplane for RedisBackplane {
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), BackplaneError> {
-        self.subscriber.unsubscribe(self.keys.pubsub(channel)).await.map_err(map_err)
+        self.subscriber
+            .unsubscribe(self.keys.pubsub(channel))
+            .await
+            .map_err(map_err)
     }
 
     fn link(&self) -> watch::Receiver<Link> {
@@ -294,13 +329,25 @@ impl Backplane for RedisBackplane {
     }
 
     async fn position(&self, channel: &str, d: Durability) -> Result<Position, BackplaneError> {
-        Ok(self.run_history(channel, d, "none", 0, None).await?.position)
+        Ok(self
+            .run_history(channel, d, "none", 0, None)
+            .await?
+            .position)
     }
 
-    async fn history(&self, channel: &str, d: Durability, query: HistoryQuery) -> Result<History, BackplaneError> {
+    async fn history(
+        &self,
+        channel: &str,
+        d: Durability,
+        query: HistoryQuery,
+    ) -> Result<History, BackplaneError> {
         match query {
-            HistoryQuery::After { offset, limit } => self.run_history(channel, d, "after", offset, limit).await,
-            HistoryQuery::Newest { limit } => self.run_history(channel, d, "newest", 0, limit).await,
+            HistoryQuery::After { offset, limit } => {
+                self.run_history(channel, d, "after", offset, limit).await
+            }
+            HistoryQuery::Newest { limit } => {
+                self.run_history(channel, d, "newest", 0, limit).await
+            }
         }
     }
 }
@@ -352,7 +399,10 @@ async fn read_messages(
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 metrics.backplane_lagged.increment(n);
-                tracing::warn!(skipped = n, "backplane reader lagged; checking durable channels for gaps");
+                tracing::warn!(
+                    skipped = n,
+                    "backplane reader lagged; checking durable channels for gaps"
+                );
                 gaps.everything();
             }
             Err(broadcast::error::RecvError::Closed) => return,
@@ -395,8 +445,12 @@ async fn watch_link(
                 tracing::info!(generation, "redis reconnected; re-subscribing");
             }
         }
-        let connected = generation > 0 && this.client.is_connected() && this.subscriber.is_connected();
-        let now = Link { generation, connected };
+        let connected =
+            generation > 0 && this.client.is_connected() && this.subscriber.is_connected();
+        let now = Link {
+            generation,
+            connected,
+        };
         this.link.send_if_modified(|l| {
             let changed = *l != now;
             *l = now;
@@ -431,9 +485,26 @@ mod tests {
             Value::from("{\"f\":7}"),
         ];
         let h = parse_history(reply).unwrap();
-        assert_eq!(h.position, Position { epoch: "ep".into(), offset: 7 });
-        assert_eq!(h.messages.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![6, 7]);
+        assert_eq!(
+            h.position,
+            Position {
+                epoch: "ep".into(),
+                offset: 7
+            }
+        );
+        assert_eq!(
+            h.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+            vec![6, 7]
+        );
         assert!(parse_history(vec![Value::from("ep")]).is_err());
-        assert!(parse_history(vec![Value::from("ep"), Value::Integer(1), Value::from("x"), Value::from("y")]).is_err());
+        assert!(
+            parse_history(vec![
+                Value::from("ep"),
+                Value::Integer(1),
+                Value::from("x"),
+                Value::from("y")
+            ])
+            .is_err()
+        );
     }
 }

@@ -65,7 +65,10 @@ impl Control {
     /// Asks the connection to close with `reason`. The first reason wins.
     pub fn close(&self, reason: CloseReason) -> bool {
         let idx = REASONS.iter().position(|r| *r == reason).unwrap_or(0) as u8 + 1;
-        let won = self.reason.compare_exchange(0, idx, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        let won = self
+            .reason
+            .compare_exchange(0, idx, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
             && !self.token.is_cancelled();
         self.token.cancel();
         won
@@ -153,7 +156,10 @@ impl Outbox {
     /// Waits (briefly) until at least `room` frames fit into the queue.
     pub async fn wait_for_room(&self, room: usize) {
         let deadline = tokio::time::Instant::now() + SEND_TIMEOUT;
-        while self.tx.capacity() < room && !self.control.is_closing() && tokio::time::Instant::now() < deadline {
+        while self.tx.capacity() < room
+            && !self.control.is_closing()
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
@@ -188,7 +194,9 @@ pub async fn run_writer<S>(
             tokio::time::sleep(coalesce).await;
         }
         if let Some(since) = first.since {
-            metrics.delivery_latency.record(since.elapsed().as_secs_f64());
+            metrics
+                .delivery_latency
+                .record(since.elapsed().as_secs_f64());
         }
         if sink.feed(first.msg).await.is_err() {
             control.abort();
@@ -275,7 +283,13 @@ mod tests {
             outbox.push(text(&i.to_string()));
         }
         let metrics = Arc::new(Metrics::new("t"));
-        let writer = tokio::spawn(run_writer(sink, rx, control.clone(), Duration::ZERO, metrics));
+        let writer = tokio::spawn(run_writer(
+            sink,
+            rx,
+            control.clone(),
+            Duration::ZERO,
+            metrics,
+        ));
         for i in 0..5 {
             match seen.next().await {
                 Some(Message::Text(t)) => assert_eq!(t.as_str(), i.to_string()),

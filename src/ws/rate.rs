@@ -55,7 +55,11 @@ impl RateLimiter {
         if elapsed >= Duration::from_secs(1) {
             let hot = self.window_count as f64 > 2.0 * self.rate;
             // A quiet gap longer than one window ends a streak.
-            self.hot_windows = if hot && elapsed < Duration::from_secs(2) { self.hot_windows + 1 } else { 0 };
+            self.hot_windows = if hot && elapsed < Duration::from_secs(2) {
+                self.hot_windows + 1
+            } else {
+                0
+            };
             self.window_start = Some(now);
             self.window_count = 0;
         }
@@ -105,7 +109,10 @@ mod tests {
         let mut calm = RateLimiter::new(10);
         for i in 0..200u64 {
             // 10 per second: always allowed.
-            assert_eq!(calm.take(t + Duration::from_millis(i * 100)), Verdict::Allow);
+            assert_eq!(
+                calm.take(t + Duration::from_millis(i * 100)),
+                Verdict::Allow
+            );
         }
     }
 }

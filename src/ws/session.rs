@@ -53,7 +53,11 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, identity: Identity) {
     ));
     let id = state.register_session(control.clone());
     let name = session_name(id);
-    let welcome = protocol::welcome_frame(&name, &state.config.node_id, state.config.ping_interval.as_millis() as u64);
+    let welcome = protocol::welcome_frame(
+        &name,
+        &state.config.node_id,
+        state.config.ping_interval.as_millis() as u64,
+    );
     outbox.push(Outgoing::now(Message::Text(welcome.into())));
 
     let mut session = Session {
@@ -142,7 +146,9 @@ impl Session {
 
     fn arm_expiry(&self, sleep: std::pin::Pin<&mut tokio::time::Sleep>) {
         if let Some(exp) = self.identity.expires {
-            let left = exp.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+            let left = exp
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
             sleep.reset(tokio::time::Instant::now() + left);
         }
     }
@@ -211,11 +217,20 @@ impl Session {
                     return Err(forbidden("publish", channel));
                 }
                 if idempotency_key.is_some() {
-                    return Err(OpError::new(ErrorCode::BadRequest, "idempotency keys are not supported by this node"));
+                    return Err(OpError::new(
+                        ErrorCode::BadRequest,
+                        "idempotency keys are not supported by this node",
+                    ));
                 }
-                publish::publish(&self.state, channel, &ns, data).await.map(Some)
+                publish::publish(&self.state, channel, &ns, data)
+                    .await
+                    .map(Some)
             }
-            Op::History { channel, since, limit } => {
+            Op::History {
+                channel,
+                since,
+                limit,
+            } => {
                 let ns = self.namespace(channel)?;
                 if !permits(ns.history, &self.identity, channel) {
                     return Err(forbidden("history", channel));
@@ -231,14 +246,25 @@ impl Session {
                 }
                 Err(OpError::new(
                     ErrorCode::BadRequest,
-                    format!("presence is not enabled in namespace '{}'", protocol::namespace_of(channel)),
+                    format!(
+                        "presence is not enabled in namespace '{}'",
+                        protocol::namespace_of(channel)
+                    ),
                 ))
             }
-            Op::Refresh { .. } => Err(OpError::new(ErrorCode::BadRequest, "this node has no token key; refresh is not available")),
+            Op::Refresh { .. } => Err(OpError::new(
+                ErrorCode::BadRequest,
+                "this node has no token key; refresh is not available",
+            )),
         }
     }
 
-    async fn subscribe(&mut self, channel: &str, recover: Option<protocol::StreamPosition>, id: Option<RequestId>) -> OpResult {
+    async fn subscribe(
+        &mut self,
+        channel: &str,
+        recover: Option<protocol::StreamPosition>,
+        id: Option<RequestId>,
+    ) -> OpResult {
         let ns = self.namespace(channel)?;
         if !permits(ns.subscribe, &self.identity, channel) {
             return Err(forbidden("subscribe", channel));
@@ -257,14 +283,19 @@ impl Session {
         if self.channels.len() >= self.state.config.limits.max_subscriptions {
             return Err(OpError::new(
                 ErrorCode::LimitExceeded,
-                format!("at most {} subscriptions per connection", self.state.config.limits.max_subscriptions),
+                format!(
+                    "at most {} subscriptions per connection",
+                    self.state.config.limits.max_subscriptions
+                ),
             ));
         }
         let ch: Arc<str> = channel.into();
         let result = match durable {
-            Some(d) => recovery::subscribe_durable(&self.state, self.id, &self.outbox, &ch, d, recover, id)
-                .await
-                .map(|()| None),
+            Some(d) => {
+                recovery::subscribe_durable(&self.state, self.id, &self.outbox, &ch, d, recover, id)
+                    .await
+                    .map(|()| None)
+            }
             None => self
                 .state
                 .subscriptions
@@ -281,12 +312,17 @@ impl Session {
     }
 
     fn namespace(&self, channel: &str) -> Result<Namespace, OpError> {
-        self.state.config.namespaces.for_channel(channel).cloned().ok_or_else(|| {
-            OpError::new(
-                ErrorCode::NotFound,
-                format!("unknown namespace '{}'", protocol::namespace_of(channel)),
-            )
-        })
+        self.state
+            .config
+            .namespaces
+            .for_channel(channel)
+            .cloned()
+            .ok_or_else(|| {
+                OpError::new(
+                    ErrorCode::NotFound,
+                    format!("unknown namespace '{}'", protocol::namespace_of(channel)),
+                )
+            })
     }
 
     fn push_text(&self, text: String) {
@@ -309,7 +345,10 @@ impl Session {
 fn forbidden(what: &str, channel: &str) -> OpError {
     OpError::new(
         ErrorCode::Forbidden,
-        format!("{what} not allowed in namespace '{}'", protocol::namespace_of(channel)),
+        format!(
+            "{what} not allowed in namespace '{}'",
+            protocol::namespace_of(channel)
+        ),
     )
 }
 
@@ -320,7 +359,9 @@ fn is_too_big(e: axum::Error) -> bool {
         Ok(e) => matches!(*e, WsError::Capacity(_)),
         Err(other) => {
             let text = other.to_string();
-            text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
+            text.contains("Space limit exceeded")
+                || text.contains("too long")
+                || text.contains("too big")
         }
     }
 }

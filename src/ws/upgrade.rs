@@ -63,7 +63,10 @@ pub async fn ws_handler(
 
 fn check(state: &AppState, headers: &HeaderMap, token: Option<&str>) -> Result<(), Response> {
     if state.is_draining() {
-        return Err(unavailable("the node is draining; connect to another node", None));
+        return Err(unavailable(
+            "the node is draining; connect to another node",
+            None,
+        ));
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         if !state.origin_allowed(origin) {
@@ -71,13 +74,19 @@ fn check(state: &AppState, headers: &HeaderMap, token: Option<&str>) -> Result<(
         }
     }
     if token.is_none() && state.tokens.required() {
-        return Err(error_response(ErrorCode::Unauthorized, "a token is required (?token=…)"));
+        return Err(error_response(
+            ErrorCode::Unauthorized,
+            "a token is required (?token=…)",
+        ));
     }
     if state.connection_count() >= state.config.limits.max_connections {
         return Err(unavailable("the node is at its connection limit", None));
     }
     if !state.connection_rate.admit(Instant::now()) {
-        return Err(unavailable("too many new connections; retry shortly", Some(1)));
+        return Err(unavailable(
+            "too many new connections; retry shortly",
+            Some(1),
+        ));
     }
     Ok(())
 }

@@ -1,0 +1,449 @@
+//! Shared test support: real `redis-server` processes on free ports, Herald nodes
+//! (in-process or as child processes) and a small WebSocket client.
+//!
+//! Tests never touch the machine's Redis on its standard port: every Redis here is
+//! started by the test, on a port the OS picked, with persistence off.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use herald::config::Config;
+use herald::server::Node;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A free TCP port on loopback (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A `redis-server` child process owned by the test.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("herald-test-redis-{port}-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let mut r = Redis {
+            port,
+            child: None,
+            dir,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if self.cli(&["PING"]).trim() == "PONG" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not start", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `redis-cli` against this server and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli must be installed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to clients).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A configuration for an in-process node on a free port.
+pub fn config(redis: Option<&Redis>, node_id: &str) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        redis_url: redis.map(Redis::url),
+        node_id: node_id.into(),
+        unsubscribe_grace: Duration::from_millis(200),
+        static_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("static"),
+        ..Config::default()
+    }
+}
+
+/// A configuration from TOML text, on a free port.
+pub fn config_from_toml(redis: Option<&Redis>, node_id: &str, toml: &str) -> Config {
+    let mut c = Config::from_toml(toml).expect("valid test config");
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.redis_url = redis.map(Redis::url);
+    c.node_id = node_id.into();
+    c.unsubscribe_grace = Duration::from_millis(200);
+    c
+}
+
+pub async fn start(config: Config) -> Node {
+    let node = Node::start(config).await.expect("node starts");
+    wait_ready(node.addr).await;
+    node
+}
+
+pub async fn wait_ready(addr: SocketAddr) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(r) = http().get(format!("http://{addr}/readyz")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "node {addr} not ready in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn ready_status(addr: SocketAddr) -> u16 {
+    match http().get(format!("http://{addr}/readyz")).send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// `POST /api/publish` with a JSON body; returns the status and body.
+pub async fn publish_http(addr: SocketAddr, body: Value) -> (u16, Value) {
+    let r = http()
+        .post(format!("http://{addr}/api/publish"))
+        .json(&body)
+        .send()
+        .await
+        .expect("http publish");
+    let status = r.status().as_u16();
+    let body = r.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// A herald binary as a child process (for signals and crashes).
+pub struct NodeProcess {
+    pub addr: SocketAddr,
+    pub child: Child,
+}
+
+impl NodeProcess {
+    pub async fn spawn(args: &[&str]) -> NodeProcess {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("herald binary");
+        wait_ready(addr).await;
+        NodeProcess { addr, child }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A WebSocket client speaking PROTOCOL.md, keeping frames that arrive while it waits
+/// for a reply.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub welcome: Value,
+    pending: VecDeque<Value>,
+    next_id: u64,
+}
+
+/// How a connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closed {
+    Code(u16),
+    /// The TCP connection ended without a close frame.
+    Dropped,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        Self::connect_path(addr, "/ws")
+            .await
+            .expect("websocket upgrade")
+    }
+
+    pub async fn connect_path(
+        addr: SocketAddr,
+        path: &str,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}")).await?;
+        let welcome = loop {
+            match tokio::time::timeout(WAIT, ws.next())
+                .await
+                .expect("welcome in time")
+            {
+                Some(Ok(Message::Text(t))) => {
+                    break serde_json::from_str::<Value>(&t).expect("json welcome");
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("no welcome: {other:?}"),
+            }
+        };
+        assert_eq!(welcome["type"], "welcome");
+        Ok(Client {
+            ws,
+            welcome,
+            pending: VecDeque::new(),
+            next_id: 1,
+        })
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_raw(&mut self, msg: Message) {
+        let _ = self.ws.send(msg).await;
+    }
+
+    /// Sends `frame` with a fresh id and waits for its reply (other frames are kept).
+    pub async fn request(&mut self, mut frame: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        frame["id"] = json!(id);
+        self.send_text(&frame.to_string()).await;
+        self.reply_to(id).await
+    }
+
+    pub async fn reply_to(&mut self, id: u64) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let v = self
+                .read_frame(deadline)
+                .await
+                .unwrap_or_else(|| panic!("no reply to {id}"));
+            if v["type"] == "reply" && v["id"] == json!(id) {
+                return v;
+            }
+            self.pending.push_back(v);
+        }
+    }
+
+    pub async fn subscribe(&mut self, channel: &str) -> Value {
+        let r = self
+            .request(json!({"op": "subscribe", "channel": channel}))
+            .await;
+        assert!(r.get("result").is_some(), "subscribe {channel} failed: {r}");
+        r["result"].clone()
+    }
+
+    pub async fn publish(&mut self, channel: &str, data: Value) -> Value {
+        self.request(json!({"op": "publish", "channel": channel, "data": data}))
+            .await
+    }
+
+    /// The next frame of any type, within `limit`.
+    pub async fn next_frame(&mut self, limit: Duration) -> Option<Value> {
+        if let Some(v) = self.pending.pop_front() {
+            return Some(v);
+        }
+        self.read_frame(tokio::time::Instant::now() + limit).await
+    }
+
+    /// The next `message` frame (other frames are skipped).
+    pub async fn next_message(&mut self, limit: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let v = self.next_frame(left).await?;
+            if v["type"] == "message" {
+                return Some(v);
+            }
+        }
+    }
+
+    /// Collects `n` messages or panics after `limit`.
+    pub async fn messages(&mut self, n: usize, limit: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_message(left).await {
+                Some(v) => out.push(v),
+                None => panic!("got {} of {n} messages: {:?}", out.len(), out.last()),
+            }
+        }
+        out
+    }
+
+    async fn read_frame(&mut self, deadline: tokio::time::Instant) -> Option<Value> {
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    return Some(serde_json::from_str(&t).expect("json frame"));
+                }
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    return Some(json!({"type": "closed", "code": f.map(|f| u16::from(f.code))}));
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_))) | Ok(None) => {
+                    return Some(json!({"type": "closed", "code": null}));
+                }
+            }
+        }
+    }
+
+    /// Reads until the connection closes; returns how.
+    pub async fn closed(&mut self, limit: Duration) -> Option<Closed> {
+        let deadline = tokio::time::Instant::now() + limit;
+        while let Some(v) = self.pending.pop_front() {
+            if v["type"] == "closed" {
+                return Some(close_of(&v));
+            }
+        }
+        loop {
+            let v = self.read_frame(deadline).await?;
+            if v["type"] == "closed" {
+                return Some(close_of(&v));
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self
+            .ws
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            }))
+            .await;
+    }
+}
+
+fn close_of(v: &Value) -> Closed {
+    match v["code"].as_u64() {
+        Some(c) => Closed::Code(c as u16),
+        None => Closed::Dropped,
+    }
+}
+
+/// The `data` values of messages, as i64 (tests publish numbers).
+pub fn numbers(msgs: &[Value]) -> Vec<i64> {
+    msgs.iter()
+        .map(|m| m["data"].as_i64().expect("numeric data"))
+        .collect()
+}
+
+/// The offsets of messages.
+pub fn offsets(msgs: &[Value]) -> Vec<u64> {
+    msgs.iter()
+        .map(|m| m["offset"].as_u64().expect("offset"))
+        .collect()
+}
+
+/// Polls `f` until it returns true or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
