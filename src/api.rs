@@ -206,28 +206,28 @@ pub async fn history(
         Ok(ns) => ns,
         Err(e) => return e.into_response(),
     };
-    let number = |v: &Option<String>, name: &str| -> Result<Option<u64>, Response> {
-        match v {
-            None => Ok(None),
-            Some(s) => s.parse().map(Some).map_err(|_| {
-                error_response(
-                    ErrorCode::BadRequest,
-                    &format!("'{name}' must be a non-negative integer"),
-                )
-            }),
-        }
-    };
-    let since = match number(&params.since, "since") {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let limit = match number(&params.limit, "limit") {
-        Ok(v) => v,
-        Err(r) => return r,
+    let (since, limit) = match (
+        number(&params.since, "since"),
+        number(&params.limit, "limit"),
+    ) {
+        (Ok(since), Ok(limit)) => (since, limit),
+        (Err(e), _) | (_, Err(e)) => return e.into_response(),
     };
     match crate::history::read(&state, &channel, &ns, since, limit).await {
         Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+fn number(v: &Option<String>, name: &str) -> Result<Option<u64>, OpError> {
+    match v {
+        None => Ok(None),
+        Some(s) => s.parse().map(Some).map_err(|_| {
+            OpError::new(
+                ErrorCode::BadRequest,
+                format!("'{name}' must be a non-negative integer"),
+            )
+        }),
     }
 }
 

@@ -761,6 +761,70 @@ fn resolve_namespace(s: &NamespaceSection, f: &str, key: &str) -> Result<Namespa
     })
 }
 
+/// Start-up rules that span several keys (docs/CONFIG.md "Secure by default",
+/// "Ingest and upstream"). Returns the configuration unchanged when it may run.
+pub fn check_startup(cfg: Config) -> Result<Config, ConfigError> {
+    let has_jwt_key = cfg.auth.jwt_hs256_secret.is_some() || cfg.auth.jwt_public_key_file.is_some();
+    if !cfg.listen.ip().is_loopback()
+        && !cfg.insecure
+        && (cfg.auth.api_keys.is_empty() || !has_jwt_key)
+    {
+        return Err(ConfigError::new(
+            "server",
+            "listen",
+            format!(
+                "{} is not a loopback address: configure API keys (HERALD_API_KEYS) and a JWT key \
+                 (HERALD_JWT_HS256_SECRET or auth.jwt_public_key_file), or start with --insecure",
+                cfg.listen
+            ),
+        ));
+    }
+    let needs_redis = !cfg.ingest.is_empty() || cfg.namespaces.iter().any(|(_, ns)| ns.upstream);
+    if needs_redis && cfg.redis_url.is_none() {
+        return Err(ConfigError::new(
+            "config",
+            "redis.url",
+            "ingest sources and upstream namespaces need Redis",
+        ));
+    }
+    for (name, ns) in cfg.namespaces.iter() {
+        let key = if name.is_empty() {
+            "default_namespace".to_string()
+        } else {
+            format!("namespaces.{name}")
+        };
+        if ns.presence || ns.join_leave {
+            return Err(ConfigError::new(
+                "config",
+                format!("{key}.presence"),
+                "presence is not supported by this build yet",
+            ));
+        }
+        if ns.upstream {
+            return Err(ConfigError::new(
+                "config",
+                format!("{key}.upstream"),
+                "upstream is not supported by this build yet",
+            ));
+        }
+    }
+    if !cfg.ingest.is_empty() {
+        return Err(ConfigError::new(
+            "config",
+            "ingest",
+            "ingest is not supported by this build yet",
+        ));
+    }
+    if has_jwt_key {
+        return Err(ConfigError::new(
+            "auth",
+            "jwt",
+            "connection tokens are not supported by this build yet",
+        ));
+    }
+    Ok(cfg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -831,68 +895,4 @@ mod tests {
         let cfg = Config::resolve(&Flags::default(), &env, None, "").unwrap();
         assert_eq!(cfg.auth.api_keys.len(), 2);
     }
-}
-
-/// Start-up rules that span several keys (docs/CONFIG.md "Secure by default",
-/// "Ingest and upstream"). Returns the configuration unchanged when it may run.
-pub fn check_startup(cfg: Config) -> Result<Config, ConfigError> {
-    let has_jwt_key = cfg.auth.jwt_hs256_secret.is_some() || cfg.auth.jwt_public_key_file.is_some();
-    if !cfg.listen.ip().is_loopback()
-        && !cfg.insecure
-        && (cfg.auth.api_keys.is_empty() || !has_jwt_key)
-    {
-        return Err(ConfigError::new(
-            "server",
-            "listen",
-            format!(
-                "{} is not a loopback address: configure API keys (HERALD_API_KEYS) and a JWT key \
-                 (HERALD_JWT_HS256_SECRET or auth.jwt_public_key_file), or start with --insecure",
-                cfg.listen
-            ),
-        ));
-    }
-    let needs_redis = !cfg.ingest.is_empty() || cfg.namespaces.iter().any(|(_, ns)| ns.upstream);
-    if needs_redis && cfg.redis_url.is_none() {
-        return Err(ConfigError::new(
-            "config",
-            "redis.url",
-            "ingest sources and upstream namespaces need Redis",
-        ));
-    }
-    for (name, ns) in cfg.namespaces.iter() {
-        let key = if name.is_empty() {
-            "default_namespace".to_string()
-        } else {
-            format!("namespaces.{name}")
-        };
-        if ns.presence || ns.join_leave {
-            return Err(ConfigError::new(
-                "config",
-                format!("{key}.presence"),
-                "presence is not supported by this build yet",
-            ));
-        }
-        if ns.upstream {
-            return Err(ConfigError::new(
-                "config",
-                format!("{key}.upstream"),
-                "upstream is not supported by this build yet",
-            ));
-        }
-    }
-    if !cfg.ingest.is_empty() {
-        return Err(ConfigError::new(
-            "config",
-            "ingest",
-            "ingest is not supported by this build yet",
-        ));
-    }
-    if has_jwt_key {
-        return Err(ConfigError::new(
-            "auth",
-            "jwt",
-            "connection tokens are not supported by this build yet",
-        ));
-    }
-    Ok(cfg)
 }

@@ -280,10 +280,10 @@ impl Hub {
         }
         let mut released = 0;
         for (offset, frame) in buffer.frames {
-            if let (Some(off), Some(after)) = (offset, after_offset) {
-                if off <= after {
-                    continue;
-                }
+            if let (Some(off), Some(after)) = (offset, after_offset)
+                && off <= after
+            {
+                continue;
             }
             if sub.outbox.push(Outgoing::now(Message::Text(frame))) != Pushed::Queued {
                 return GoLive::Overflowed;

@@ -11,7 +11,7 @@
 //! After the backplane reconnects (a new [`Link`] generation), every channel with an
 //! entry in the hub is subscribed again; the node reports ready only once that is done.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -50,9 +50,7 @@ impl Subscriptions {
     }
 
     fn stripe(&self, channel: &str) -> &Mutex<()> {
-        let mut h = self.hasher.build_hasher();
-        channel.hash(&mut h);
-        &self.stripes[(h.finish() as usize) % STRIPES]
+        &self.stripes[(self.hasher.hash_one(channel) as usize) % STRIPES]
     }
 
     /// Adds a local subscriber and returns once the node's backplane subscription to
@@ -103,12 +101,12 @@ impl Subscriptions {
 
     async fn release(&self, channel: &str) {
         let _serial = self.stripe(channel).lock().await;
-        if self.hub.remove_if_empty(channel) {
-            if let Err(e) = self.backplane.unsubscribe(channel).await {
-                // The link is down; its subscriptions are gone anyway and this channel
-                // is no longer in the hub, so the re-subscription will skip it.
-                tracing::debug!(channel, error = %e, "unsubscribe failed");
-            }
+        if self.hub.remove_if_empty(channel)
+            && let Err(e) = self.backplane.unsubscribe(channel).await
+        {
+            // The link is down; its subscriptions are gone anyway and this channel
+            // is no longer in the hub, so the re-subscription will skip it.
+            tracing::debug!(channel, error = %e, "unsubscribe failed");
         }
     }
 

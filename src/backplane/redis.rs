@@ -240,7 +240,7 @@ fn parse_position(epoch: &Value, offset: &Value) -> Result<Position, BackplaneEr
 }
 
 fn parse_history(reply: Vec<Value>) -> Result<History, BackplaneError> {
-    if reply.len() < 2 || reply.len() % 2 != 0 {
+    if reply.len() < 2 || !reply.len().is_multiple_of(2) {
         return Err(BackplaneError::Protocol(format!(
             "history reply of {} items",
             reply.len()

@@ -38,7 +38,7 @@ pub async fn ws_handler(
 ) -> Response {
     if let Err(refusal) = check(&state, &headers, query.token.as_deref()) {
         state.metrics.rejected_upgrades.increment(1);
-        return refusal;
+        return refusal.into_response();
     }
     let identity = match state.tokens.verify_optional(query.token.as_deref()) {
         Ok(identity) => identity,
@@ -61,44 +61,67 @@ pub async fn ws_handler(
         })
 }
 
-fn check(state: &AppState, headers: &HeaderMap, token: Option<&str>) -> Result<(), Response> {
-    if state.is_draining() {
-        return Err(unavailable(
-            "the node is draining; connect to another node",
-            None,
-        ));
-    }
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        if !state.origin_allowed(origin) {
-            return Err(error_response(ErrorCode::Forbidden, "origin not allowed"));
+/// Why an upgrade is refused, before any WebSocket frame.
+struct Refusal {
+    code: ErrorCode,
+    message: &'static str,
+    retry_after: Option<u64>,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: &'static str) -> Self {
+        Self {
+            code,
+            message,
+            retry_after: None,
         }
     }
+
+    fn into_response(self) -> Response {
+        let mut response = error_response(self.code, self.message);
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+fn check(state: &AppState, headers: &HeaderMap, token: Option<&str>) -> Result<(), Refusal> {
+    if state.is_draining() {
+        return Err(Refusal::new(
+            ErrorCode::Unavailable,
+            "the node is draining; connect to another node",
+        ));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && !state.origin_allowed(origin)
+    {
+        return Err(Refusal::new(ErrorCode::Forbidden, "origin not allowed"));
+    }
     if token.is_none() && state.tokens.required() {
-        return Err(error_response(
+        return Err(Refusal::new(
             ErrorCode::Unauthorized,
             "a token is required (?token=…)",
         ));
     }
     if state.connection_count() >= state.config.limits.max_connections {
-        return Err(unavailable("the node is at its connection limit", None));
-    }
-    if !state.connection_rate.admit(Instant::now()) {
-        return Err(unavailable(
-            "too many new connections; retry shortly",
-            Some(1),
+        return Err(Refusal::new(
+            ErrorCode::Unavailable,
+            "the node is at its connection limit",
         ));
     }
-    Ok(())
-}
-
-fn unavailable(message: &str, retry_after: Option<u64>) -> Response {
-    let mut response = error_response(ErrorCode::Unavailable, message);
-    if let Some(secs) = retry_after {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    if !state.connection_rate.admit(Instant::now()) {
+        return Err(Refusal {
+            retry_after: Some(1),
+            ..Refusal::new(
+                ErrorCode::Unavailable,
+                "too many new connections; retry shortly",
+            )
+        });
     }
-    response
+    Ok(())
 }
 
 /// New connections per second per node, counted in one-second windows, against
