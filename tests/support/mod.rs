@@ -149,10 +149,10 @@ pub async fn start(config: Config) -> Node {
 pub async fn wait_ready(addr: SocketAddr) {
     let deadline = Instant::now() + WAIT;
     loop {
-        if let Ok(r) = http().get(format!("http://{addr}/readyz")).send().await {
-            if r.status() == 200 {
-                return;
-            }
+        if let Ok(r) = http().get(format!("http://{addr}/readyz")).send().await
+            && r.status() == 200
+        {
+            return;
         }
         assert!(Instant::now() < deadline, "node {addr} not ready in time");
         tokio::time::sleep(Duration::from_millis(20)).await;
