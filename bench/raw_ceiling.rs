@@ -1,0 +1,2 @@
+//! raw_ceiling: the raw-write ceiling of docs/BENCHMARKS.md (work in progress).
+fn main() {}

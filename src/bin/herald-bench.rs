@@ -1,0 +1,2 @@
+//! herald-bench: the load tool of docs/BENCHMARKS.md (work in progress).
+fn main() {}
