@@ -815,13 +815,7 @@ pub fn check_startup(cfg: Config) -> Result<Config, ConfigError> {
             "ingest is not supported by this build yet",
         ));
     }
-    if has_jwt_key {
-        return Err(ConfigError::new(
-            "auth",
-            "jwt",
-            "connection tokens are not supported by this build yet",
-        ));
-    }
+    crate::tokens::Tokens::from_config(&cfg)?;
     Ok(cfg)
 }
 

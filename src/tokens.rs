@@ -1,26 +1,137 @@
-//! Connection tokens (JWT, PROTOCOL §2): which keys and algorithms this node
-//! accepts, and the [`Identity`] a valid token gives a session.
+//! Connection tokens (JWT, PROTOCOL §2): which keys and algorithms this node accepts,
+//! and the [`Identity`] a valid token gives a session.
+//!
+//! Only the configured algorithms are accepted, each with its own key: the header's
+//! `alg` picks the key, so an HS256 token signed with an RS256 public key is checked
+//! against the HS256 secret (or refused when HS256 is not configured), and `none` is
+//! never accepted. `exp` is optional and has no leeway.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
 
 use crate::auth::Identity;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 
-/// A token that cannot be accepted.
+/// A token that cannot be accepted. Messages are for the client; no secret appears.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error("this node accepts no tokens (no JWT key is configured)")]
     NoKey,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("token algorithm {0} is not accepted by this node")]
+    Algorithm(String),
+    #[error("token expired")]
+    Expired,
 }
 
-/// The node's token policy.
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    exp: Option<u64>,
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+    #[serde(default)]
+    info: Option<serde_json::Value>,
+}
+
+/// The node's token policy: accepted algorithms with their keys, and whether an
+/// upgrade must carry a token.
 pub struct Tokens {
+    keys: Vec<(Algorithm, DecodingKey)>,
     required: bool,
 }
 
 impl Tokens {
-    pub fn from_config(config: &Config) -> Result<Self, crate::config::ConfigError> {
-        Ok(Self {
-            required: config.auth.require_token.unwrap_or(false),
-        })
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let auth = &config.auth;
+        let err = |key: &str, reason: String| ConfigError {
+            source_name: "auth".into(),
+            key: key.into(),
+            reason,
+        };
+        let mut names = auth.jwt_algorithms.clone();
+        if names.is_empty() {
+            if auth.jwt_hs256_secret.is_some() {
+                names.push("HS256".into());
+            }
+            if auth.jwt_public_key_file.is_some() {
+                return Err(err(
+                    "auth.jwt_algorithms",
+                    "say which algorithm the public key is for: [\"RS256\"] or [\"ES256\"]".into(),
+                ));
+            }
+        }
+        let mut keys = Vec::new();
+        for name in &names {
+            let alg = match name.as_str() {
+                "HS256" => Algorithm::HS256,
+                "RS256" => Algorithm::RS256,
+                "ES256" => Algorithm::ES256,
+                other => {
+                    return Err(err(
+                        "auth.jwt_algorithms",
+                        format!("'{other}' is not one of HS256, RS256, ES256"),
+                    ));
+                }
+            };
+            let key = match alg {
+                Algorithm::HS256 => {
+                    let secret = auth.jwt_hs256_secret.as_deref().ok_or_else(|| {
+                        err(
+                            "auth.jwt_hs256_secret",
+                            "HS256 needs a secret (HERALD_JWT_HS256_SECRET)".into(),
+                        )
+                    })?;
+                    if secret.len() < 32 {
+                        return Err(err(
+                            "auth.jwt_hs256_secret",
+                            "must be at least 32 bytes".into(),
+                        ));
+                    }
+                    DecodingKey::from_secret(secret.as_bytes())
+                }
+                _ => {
+                    let path = auth.jwt_public_key_file.as_ref().ok_or_else(|| {
+                        err(
+                            "auth.jwt_public_key_file",
+                            format!("{name} needs a public key file (PEM)"),
+                        )
+                    })?;
+                    let pem = std::fs::read(path).map_err(|e| {
+                        err(
+                            "auth.jwt_public_key_file",
+                            format!("cannot read {}: {e}", path.display()),
+                        )
+                    })?;
+                    let parsed = if alg == Algorithm::RS256 {
+                        DecodingKey::from_rsa_pem(&pem)
+                    } else {
+                        DecodingKey::from_ec_pem(&pem)
+                    };
+                    parsed.map_err(|e| {
+                        err(
+                            "auth.jwt_public_key_file",
+                            format!("not a {name} public key in PEM: {e}"),
+                        )
+                    })?
+                }
+            };
+            keys.push((alg, key));
+        }
+        let required = auth.require_token.unwrap_or(!keys.is_empty());
+        if required && keys.is_empty() {
+            return Err(err(
+                "auth.require_token",
+                "tokens are required but no JWT key is configured".into(),
+            ));
+        }
+        Ok(Self { keys, required })
     }
 
     /// True when an upgrade without a token is refused.
@@ -28,11 +139,166 @@ impl Tokens {
         self.required
     }
 
+    /// True when this node can verify tokens at all.
+    pub fn enabled(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
     /// The identity of an upgrade: anonymous without a token; a sent token must be valid.
     pub fn verify_optional(&self, token: Option<&str>) -> Result<Identity, TokenError> {
         match token {
             None => Ok(Identity::default()),
-            Some(_) => Err(TokenError::NoKey),
+            Some(t) => self.verify(t),
         }
+    }
+
+    /// Verifies a token and returns the identity it carries.
+    pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+        if self.keys.is_empty() {
+            return Err(TokenError::NoKey);
+        }
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let Some((alg, key)) = self.keys.iter().find(|(a, _)| *a == header.alg) else {
+            return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
+        };
+        let mut validation = Validation::new(*alg);
+        validation.leeway = 0;
+        validation.validate_aud = false;
+        // `exp` is optional (PROTOCOL §2); when present it is checked, without leeway.
+        validation.required_spec_claims = HashSet::new();
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
+            .kind()
+        {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+            _ => TokenError::Invalid(e.to_string()),
+        })?;
+        let claims = data.claims;
+        let expires = claims
+            .exp
+            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        if expires.is_some_and(|e| e <= SystemTime::now()) {
+            return Err(TokenError::Expired);
+        }
+        Ok(Identity {
+            user: claims.sub.filter(|s| !s.is_empty()),
+            grants: claims.channels.unwrap_or_default(),
+            info: claims.info,
+            expires,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn tokens() -> Tokens {
+        let mut cfg = Config::default();
+        cfg.auth.jwt_hs256_secret = Some(SECRET.into());
+        Tokens::from_config(&cfg).unwrap()
+    }
+
+    fn sign(claims: serde_json::Value, secret: &str) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[test]
+    fn a_valid_token_gives_its_identity() {
+        let t = sign(
+            json!({"sub": "u1", "exp": now() + 60, "channels": ["user:u1:*"], "info": {"n": 1}}),
+            SECRET,
+        );
+        let id = tokens().verify(&t).unwrap();
+        assert_eq!(id.user.as_deref(), Some("u1"));
+        assert_eq!(id.grants, vec!["user:u1:*"]);
+        assert_eq!(id.info, Some(json!({"n": 1})));
+        assert!(id.expires.is_some());
+        assert!(tokens().required());
+    }
+
+    #[test]
+    fn no_exp_means_no_expiry() {
+        let t = sign(json!({"sub": "u1"}), SECRET);
+        assert_eq!(tokens().verify(&t).unwrap().expires, None);
+    }
+
+    #[test]
+    fn refusals() {
+        let tk = tokens();
+        assert_eq!(
+            tk.verify(&sign(json!({"sub": "u", "exp": now() - 1}), SECRET)),
+            Err(TokenError::Expired)
+        );
+        assert!(matches!(
+            tk.verify(&sign(
+                json!({"sub": "u"}),
+                "another-secret-another-secret-xx"
+            )),
+            Err(TokenError::Invalid(_))
+        ));
+        // alg: none, hand-made.
+        let none = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","typ":"JWT"}"#),
+            b64(r#"{"sub":"admin"}"#)
+        );
+        assert!(tk.verify(&none).is_err());
+        assert!(tk.verify("garbage").is_err());
+        assert!(tk.verify("").is_err());
+    }
+
+    fn b64(s: &str) -> String {
+        const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let b = s.as_bytes();
+        let mut out = String::new();
+        for chunk in b.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (i, &c)| acc | (c as u32) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn bad_config_is_refused() {
+        let mut cfg = Config::default();
+        cfg.auth.jwt_hs256_secret = Some("short".into());
+        assert_eq!(
+            Tokens::from_config(&cfg).err().unwrap().key,
+            "auth.jwt_hs256_secret"
+        );
+        let mut cfg = Config::default();
+        cfg.auth.jwt_algorithms = vec!["HS512".into()];
+        assert_eq!(
+            Tokens::from_config(&cfg).err().unwrap().key,
+            "auth.jwt_algorithms"
+        );
+        let mut cfg = Config::default();
+        cfg.auth.require_token = Some(true);
+        assert_eq!(
+            Tokens::from_config(&cfg).err().unwrap().key,
+            "auth.require_token"
+        );
     }
 }

@@ -25,6 +25,9 @@ use crate::server::AppState;
 use crate::ws::outbox::{Control, Outbox, Outgoing, run_writer};
 use crate::ws::rate::RateLimiter;
 
+/// The timer of a session whose token never expires.
+const NO_EXPIRY: Duration = Duration::from_secs(86400 * 365);
+
 /// What an op answers: a result to reply with, or nothing (the op replied itself).
 type OpResult = Result<Option<Value>, OpError>;
 
@@ -86,7 +89,7 @@ impl Session {
         let every = self.state.config.ping_interval;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut last_seen = Instant::now();
-        let expiry = tokio::time::sleep(Duration::from_secs(86400 * 365));
+        let expiry = tokio::time::sleep(NO_EXPIRY);
         tokio::pin!(expiry);
         self.arm_expiry(expiry.as_mut());
         loop {
@@ -252,11 +255,43 @@ impl Session {
                     ),
                 ))
             }
-            Op::Refresh { .. } => Err(OpError::new(
+            Op::Refresh { token } => self.refresh(&token).map(Some),
+        }
+    }
+
+    /// Replaces the session's token (PROTOCOL §2.2 `refresh`): same user, and every
+    /// current subscription still allowed; otherwise the old token stays.
+    fn refresh(&mut self, token: &str) -> Result<Value, OpError> {
+        if !self.state.tokens.enabled() {
+            return Err(OpError::new(
                 ErrorCode::BadRequest,
                 "this node has no token key; refresh is not available",
-            )),
+            ));
         }
+        let new = self
+            .state
+            .tokens
+            .verify(token)
+            .map_err(|e| OpError::new(ErrorCode::Unauthorized, e.to_string()))?;
+        if new.user != self.identity.user {
+            return Err(OpError::new(
+                ErrorCode::Forbidden,
+                "the new token names another user",
+            ));
+        }
+        for channel in &self.channels {
+            let ns = self.namespace(channel)?;
+            if !permits(ns.subscribe, &new, channel) {
+                return Err(OpError::new(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "the new token does not allow '{channel}', which this session is subscribed to"
+                    ),
+                ));
+            }
+        }
+        self.identity = new;
+        Ok(json!({}))
     }
 
     async fn subscribe(
