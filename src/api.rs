@@ -231,6 +231,33 @@ fn number(v: &Option<String>, name: &str) -> Result<Option<u64>, OpError> {
     }
 }
 
+/// `GET /api/channels/{channel}/presence`.
+pub async fn presence(State(state): State<Arc<AppState>>, Path(channel): Path<String>) -> Response {
+    let result = match namespace_for(&state, &channel) {
+        Ok(ns) => crate::presence::list(&state, &channel, &ns).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /api/channels/{channel}/presence_stats`.
+pub async fn presence_stats(
+    State(state): State<Arc<AppState>>,
+    Path(channel): Path<String>,
+) -> Response {
+    let result = match namespace_for(&state, &channel) {
+        Ok(ns) => crate::presence::stats(&state, &channel, &ns).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 /// `GET /healthz`: the process is alive.
 pub async fn healthz() -> Response {
     (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()

@@ -74,6 +74,15 @@ pub struct History {
     pub messages: Vec<StoredMessage>,
 }
 
+/// One session's presence in a channel: the `client` object of join frames and of
+/// the `presence` listing (`{"session","user","info"}`), kept as JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceEntry {
+    pub session: String,
+    pub user: Option<String>,
+    pub json: String,
+}
+
 /// The state of the node's link to the backplane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Link {
@@ -108,6 +117,49 @@ pub trait Backplane: Send + Sync + 'static {
         channel: &str,
         durability: Durability,
     ) -> Result<Position, BackplaneError>;
+
+    /// Publishes a node-made frame (a `join` or `leave`) on the channel's path, so it
+    /// arrives in order with messages. Never stored in history.
+    async fn publish_event(&self, channel: &str, frame: Utf8Bytes) -> Result<(), BackplaneError>;
+
+    /// Adds a session to a channel's presence, expiring after `ttl` unless refreshed.
+    /// Returns true when it was not present before.
+    async fn presence_join(
+        &self,
+        channel: &str,
+        entry: &PresenceEntry,
+        ttl: Duration,
+    ) -> Result<bool, BackplaneError>;
+
+    /// Removes a session; returns true when it was present (a leave is due).
+    async fn presence_leave(
+        &self,
+        channel: &str,
+        entry: &PresenceEntry,
+    ) -> Result<bool, BackplaneError>;
+
+    /// Refreshes the expiry of this node's sessions of a channel, writing back any the
+    /// backplane lost. Returns how many were written back.
+    async fn presence_refresh(
+        &self,
+        channel: &str,
+        entries: &[PresenceEntry],
+        ttl: Duration,
+    ) -> Result<u64, BackplaneError>;
+
+    /// Removes and returns expired sessions, atomically: each is returned to one node.
+    async fn presence_sweep(&self, channel: &str) -> Result<Vec<PresenceEntry>, BackplaneError>;
+
+    /// The channel's present sessions as JSON objects, or None when there are more
+    /// than `max`.
+    async fn presence_list(
+        &self,
+        channel: &str,
+        max: usize,
+    ) -> Result<Option<Vec<String>>, BackplaneError>;
+
+    /// Present sessions and distinct users.
+    async fn presence_stats(&self, channel: &str) -> Result<(u64, u64), BackplaneError>;
 
     /// Reads history, atomically with the position it answers.
     async fn history(

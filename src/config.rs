@@ -793,13 +793,6 @@ pub fn check_startup(cfg: Config) -> Result<Config, ConfigError> {
         } else {
             format!("namespaces.{name}")
         };
-        if ns.presence || ns.join_leave {
-            return Err(ConfigError::new(
-                "config",
-                format!("{key}.presence"),
-                "presence is not supported by this build yet",
-            ));
-        }
         if ns.upstream {
             return Err(ConfigError::new(
                 "config",

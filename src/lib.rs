@@ -29,6 +29,7 @@ pub mod gaps;
 pub mod history;
 pub mod hub;
 pub mod metrics;
+pub mod presence;
 pub mod protocol;
 pub mod publish;
 pub mod recovery;

@@ -34,6 +34,10 @@ pub struct Metrics {
     pub gap_fills: Counter,
     pub rejected_upgrades: Counter,
     pub rate_limited: Counter,
+    pub present_sessions: Gauge,
+    pub presence_refreshes: Counter,
+    pub presence_sweeps: Counter,
+    pub presence_sweep_leaves: Counter,
     /// From the moment a node takes a message off the backplane to its write into a
     /// socket (the node's share of publish-to-delivery latency).
     pub delivery_latency: Histogram,
@@ -122,6 +126,22 @@ impl Metrics {
                 r,
                 "herald_rate_limited_total",
                 "client frames refused by the rate limit",
+            ),
+            present_sessions: gauge(
+                r,
+                "herald_present_sessions",
+                "presence entries of local sessions",
+            ),
+            presence_refreshes: counter(
+                r,
+                "herald_presence_refreshes_total",
+                "presence refresh calls (one per channel per interval)",
+            ),
+            presence_sweeps: counter(r, "herald_presence_sweeps_total", "presence sweep calls"),
+            presence_sweep_leaves: counter(
+                r,
+                "herald_presence_sweep_leaves_total",
+                "expired sessions removed by this node's sweeps",
             ),
             delivery_latency: histogram(
                 r,

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::backplane::{Durability, HistoryQuery};
+use crate::backplane::{Durability, HistoryQuery, PresenceEntry};
+use crate::config::Namespace;
 use crate::error::{ErrorCode, OpError};
 use crate::hub::{GoLive, SessionId, Subscriber};
 use crate::protocol::{self, RequestId, StreamPosition};
@@ -29,6 +30,7 @@ pub async fn subscribe_durable(
     d: Durability,
     recover: Option<StreamPosition>,
     id: Option<RequestId>,
+    join: Option<(&Namespace, &PresenceEntry)>,
 ) -> Result<(), OpError> {
     let (sub, _buffer) =
         Subscriber::buffered(session, outbox.clone(), state.config.limits.outbox_messages);
@@ -79,6 +81,12 @@ pub async fn subscribe_durable(
     state
         .hub
         .note_position(channel, &position.epoch, position.offset);
+    if let Some((ns, entry)) = join
+        && let Err(e) = state.presence.join(state, channel, ns, entry).await
+    {
+        state.subscriptions.unsubscribe(channel, session);
+        return Err(e);
+    }
     if let Some(id) = id {
         let mut result = json!({"epoch": position.epoch, "offset": position.offset});
         if let Some(recovered) = recovered {

@@ -58,6 +58,7 @@ pub struct AppState {
     pub backplane: Arc<dyn Backplane>,
     pub subscriptions: Arc<Subscriptions>,
     pub tokens: Tokens,
+    pub presence: crate::presence::Presence,
     pub connection_rate: ConnectionRate,
     /// Open sessions and how to close them (the drain walks this).
     sessions: DashMap<SessionId, Arc<Control>>,
@@ -152,6 +153,7 @@ impl Node {
             Subscriptions::new(hub.clone(), backplane.clone(), config.unsubscribe_grace);
         let state = Arc::new(AppState {
             tokens: Tokens::from_config(&config)?,
+            presence: Default::default(),
             connection_rate: ConnectionRate::new(config.limits.new_connections_per_sec),
             link: backplane.link(),
             config: config.clone(),
@@ -168,6 +170,10 @@ impl Node {
         tokio::spawn(subscriptions.run(shutdown.clone()));
         tokio::spawn(gaps::run(state.clone(), gap_report, shutdown.clone()));
         tokio::spawn(upkeep(metrics, shutdown.clone()));
+        tokio::spawn(crate::presence::Presence::run(
+            state.clone(),
+            shutdown.clone(),
+        ));
 
         let listener =
             TcpListener::bind(config.listen)
@@ -226,6 +232,11 @@ fn router(state: Arc<AppState>) -> Router {
     let api_routes = Router::new()
         .route("/publish", post(api::publish))
         .route("/channels/{channel}/history", get(api::history))
+        .route("/channels/{channel}/presence", get(api::presence))
+        .route(
+            "/channels/{channel}/presence_stats",
+            get(api::presence_stats),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             api::require_api_key,

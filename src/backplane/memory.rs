@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
@@ -16,8 +16,8 @@ use dashmap::DashMap;
 use tokio::sync::watch;
 
 use super::{
-    Backplane, Durability, History, HistoryQuery, Link, Position, PublishRequest, Published,
-    StoredMessage, new_epoch,
+    Backplane, Durability, History, HistoryQuery, Link, Position, PresenceEntry, PublishRequest,
+    Published, StoredMessage, new_epoch,
 };
 use crate::error::BackplaneError;
 use crate::hub::Hub;
@@ -30,9 +30,19 @@ struct Ring {
     touched: Instant,
 }
 
+/// One channel's presence: sessions and a count of sessions per user.
+#[derive(Default)]
+struct Present {
+    sessions: std::collections::HashMap<String, PresenceEntry>,
+    users: std::collections::HashMap<String, u64>,
+}
+
 pub struct MemoryBackplane {
     hub: Arc<Hub>,
     rings: DashMap<Arc<str>, Arc<Mutex<Ring>>>,
+    // Sessions of one process cannot vanish without leaving, so there is no expiry:
+    // refresh and sweep have nothing to do.
+    presence: DashMap<Arc<str>, Present>,
     link: watch::Sender<Link>,
 }
 
@@ -45,6 +55,7 @@ impl MemoryBackplane {
         Self {
             hub,
             rings: DashMap::new(),
+            presence: DashMap::new(),
             link,
         }
     }
@@ -147,6 +158,87 @@ impl Backplane for MemoryBackplane {
         })
     }
 
+    async fn publish_event(&self, channel: &str, frame: Utf8Bytes) -> Result<(), BackplaneError> {
+        self.hub.dispatch(channel, &frame, None, Instant::now());
+        Ok(())
+    }
+
+    async fn presence_join(
+        &self,
+        channel: &str,
+        entry: &PresenceEntry,
+        _ttl: Duration,
+    ) -> Result<bool, BackplaneError> {
+        let mut p = self.presence.entry(channel.into()).or_default();
+        let new = p
+            .sessions
+            .insert(entry.session.clone(), entry.clone())
+            .is_none();
+        if new && let Some(user) = &entry.user {
+            *p.users.entry(user.clone()).or_default() += 1;
+        }
+        Ok(new)
+    }
+
+    async fn presence_leave(
+        &self,
+        channel: &str,
+        entry: &PresenceEntry,
+    ) -> Result<bool, BackplaneError> {
+        let Some(mut p) = self.presence.get_mut(channel) else {
+            return Ok(false);
+        };
+        let gone = p.sessions.remove(&entry.session).is_some();
+        if gone && let Some(user) = &entry.user {
+            let left = p.users.get_mut(user).map(|n| {
+                *n = n.saturating_sub(1);
+                *n
+            });
+            if left == Some(0) {
+                p.users.remove(user);
+            }
+        }
+        drop(p);
+        self.presence
+            .remove_if(channel, |_, p| p.sessions.is_empty());
+        Ok(gone)
+    }
+
+    async fn presence_refresh(
+        &self,
+        _channel: &str,
+        _entries: &[PresenceEntry],
+        _ttl: Duration,
+    ) -> Result<u64, BackplaneError> {
+        Ok(0)
+    }
+
+    async fn presence_sweep(&self, _channel: &str) -> Result<Vec<PresenceEntry>, BackplaneError> {
+        Ok(Vec::new())
+    }
+
+    async fn presence_list(
+        &self,
+        channel: &str,
+        max: usize,
+    ) -> Result<Option<Vec<String>>, BackplaneError> {
+        let Some(p) = self.presence.get(channel) else {
+            return Ok(Some(Vec::new()));
+        };
+        if p.sessions.len() > max {
+            return Ok(None);
+        }
+        Ok(Some(p.sessions.values().map(|e| e.json.clone()).collect()))
+    }
+
+    async fn presence_stats(&self, channel: &str) -> Result<(u64, u64), BackplaneError> {
+        Ok(self
+            .presence
+            .get(channel)
+            .map(|p| (p.sessions.len() as u64, p.users.len() as u64))
+            .unwrap_or((0, 0)))
+    }
+
     async fn history(
         &self,
         channel: &str,
@@ -186,7 +278,6 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
     use serde_json::value::RawValue;
-    use std::time::Duration;
 
     fn engine() -> MemoryBackplane {
         MemoryBackplane::new(Arc::new(Hub::new(Arc::new(Metrics::new("t")))))

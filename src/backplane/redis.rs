@@ -24,8 +24,8 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Backplane, Durability, History, HistoryQuery, Link, Position, PublishRequest, Published,
-    StoredMessage, new_epoch,
+    Backplane, Durability, History, HistoryQuery, Link, Position, PresenceEntry, PublishRequest,
+    Published, StoredMessage, new_epoch,
 };
 use crate::error::BackplaneError;
 use crate::gaps::GapReport;
@@ -35,6 +35,12 @@ use crate::protocol::{self, PayloadKind};
 
 const PUBLISH_LUA: &str = include_str!("publish.lua");
 const HISTORY_LUA: &str = include_str!("history.lua");
+const PRESENCE_JOIN_LUA: &str = include_str!("presence_join.lua");
+const PRESENCE_LEAVE_LUA: &str = include_str!("presence_leave.lua");
+const PRESENCE_REFRESH_LUA: &str = include_str!("presence_refresh.lua");
+const PRESENCE_SWEEP_LUA: &str = include_str!("presence_sweep.lua");
+/// Most expired sessions one sweep call removes (the next sweep takes the rest).
+const SWEEP_BATCH: i64 = 1000;
 
 /// A command that takes longer than this fails with `Unavailable`; the publisher may
 /// retry (the message may or may not have been taken).
@@ -68,6 +74,14 @@ impl Keys {
     pub fn meta(&self, channel: &str) -> String {
         format!("{}:{{{channel}}}:meta", self.prefix)
     }
+    /// The presence hash, its expiry sorted set and the user-count hash.
+    pub fn presence(&self, channel: &str) -> Vec<String> {
+        vec![
+            format!("{}:{{{channel}}}:presence", self.prefix),
+            format!("{}:{{{channel}}}:presence:exp", self.prefix),
+            format!("{}:{{{channel}}}:presence:users", self.prefix),
+        ]
+    }
     /// The Herald channel of a pub/sub channel name, if it is one of ours.
     pub fn channel_of<'a>(&self, pubsub: &'a str) -> Option<&'a str> {
         pubsub
@@ -83,7 +97,15 @@ pub struct RedisBackplane {
     keys: Keys,
     publish_script: Script,
     history_script: Script,
+    presence_scripts: PresenceScripts,
     link: watch::Sender<Link>,
+}
+
+struct PresenceScripts {
+    join: Script,
+    leave: Script,
+    refresh: Script,
+    sweep: Script,
 }
 
 impl RedisBackplane {
@@ -132,6 +154,12 @@ impl RedisBackplane {
             keys: Keys::new(prefix),
             publish_script: Script::from_lua(PUBLISH_LUA),
             history_script: Script::from_lua(HISTORY_LUA),
+            presence_scripts: PresenceScripts {
+                join: Script::from_lua(PRESENCE_JOIN_LUA),
+                leave: Script::from_lua(PRESENCE_LEAVE_LUA),
+                refresh: Script::from_lua(PRESENCE_REFRESH_LUA),
+                sweep: Script::from_lua(PRESENCE_SWEEP_LUA),
+            },
             link,
         });
         // Subscribe to events before connecting so the first connect is seen.
@@ -196,6 +224,19 @@ impl RedisBackplane {
             .map_err(map_err)?;
         parse_history(reply)
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Presence keys outlive their entries a little, so that a channel whose every node
+/// vanished leaves nothing behind for long.
+fn presence_key_ttl(ttl: Duration) -> i64 {
+    (ttl.as_millis() as i64) * 2 + 5_000
 }
 
 fn ttl_secs(d: Durability) -> i64 {
@@ -326,6 +367,132 @@ impl Backplane for RedisBackplane {
 
     fn link(&self) -> watch::Receiver<Link> {
         self.link.subscribe()
+    }
+
+    async fn publish_event(&self, channel: &str, frame: Utf8Bytes) -> Result<(), BackplaneError> {
+        self.check_link()?;
+        let bytes: Bytes = frame.into();
+        let _: i64 = self
+            .client
+            .publish(self.keys.pubsub(channel), bytes)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn presence_join(
+        &self,
+        channel: &str,
+        entry: &PresenceEntry,
+        ttl: Duration,
+    ) -> Result<bool, BackplaneError> {
+        self.check_link()?;
+        let args: Vec<Value> = vec![
+            entry.session.as_str().into(),
+            entry.json.as_str().into(),
+            entry.user.as_deref().unwrap_or("").into(),
+            (now_ms() + ttl.as_millis() as i64).into(),
+            presence_key_ttl(ttl).into(),
+        ];
+        let new: i64 = self
+            .presence_scripts
+            .join
+            .evalsha_with_reload(&self.client, self.keys.presence(channel), args)
+            .await
+            .map_err(map_err)?;
+        Ok(new == 1)
+    }
+
+    async fn presence_leave(
+        &self,
+        channel: &str,
+        entry: &PresenceEntry,
+    ) -> Result<bool, BackplaneError> {
+        self.check_link()?;
+        let args: Vec<Value> = vec![
+            entry.session.as_str().into(),
+            entry.user.as_deref().unwrap_or("").into(),
+        ];
+        let gone: i64 = self
+            .presence_scripts
+            .leave
+            .evalsha_with_reload(&self.client, self.keys.presence(channel), args)
+            .await
+            .map_err(map_err)?;
+        Ok(gone == 1)
+    }
+
+    async fn presence_refresh(
+        &self,
+        channel: &str,
+        entries: &[PresenceEntry],
+        ttl: Duration,
+    ) -> Result<u64, BackplaneError> {
+        self.check_link()?;
+        let mut args: Vec<Value> = Vec::with_capacity(2 + entries.len() * 3);
+        args.push((now_ms() + ttl.as_millis() as i64).into());
+        args.push(presence_key_ttl(ttl).into());
+        for e in entries {
+            args.push(e.session.as_str().into());
+            args.push(e.json.as_str().into());
+            args.push(e.user.as_deref().unwrap_or("").into());
+        }
+        let restored: i64 = self
+            .presence_scripts
+            .refresh
+            .evalsha_with_reload(&self.client, self.keys.presence(channel), args)
+            .await
+            .map_err(map_err)?;
+        Ok(restored.max(0) as u64)
+    }
+
+    async fn presence_sweep(&self, channel: &str) -> Result<Vec<PresenceEntry>, BackplaneError> {
+        self.check_link()?;
+        let args: Vec<Value> = vec![now_ms().into(), SWEEP_BATCH.into()];
+        let reply: Vec<Value> = self
+            .presence_scripts
+            .sweep
+            .evalsha_with_reload(&self.client, self.keys.presence(channel), args)
+            .await
+            .map_err(map_err)?;
+        let mut out = Vec::with_capacity(reply.len() / 2);
+        for pair in reply.chunks_exact(2) {
+            let (Some(session), Some(json)) = (value_str(&pair[0]), value_str(&pair[1])) else {
+                continue;
+            };
+            let user = serde_json::from_str::<serde_json::Value>(&json)
+                .ok()
+                .and_then(|v| v.get("user").and_then(|u| u.as_str()).map(String::from));
+            out.push(PresenceEntry {
+                session,
+                user,
+                json,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn presence_list(
+        &self,
+        channel: &str,
+        max: usize,
+    ) -> Result<Option<Vec<String>>, BackplaneError> {
+        self.check_link()?;
+        let key = &self.keys.presence(channel)[0];
+        let count: u64 = self.client.hlen(key).await.map_err(map_err)?;
+        if count as usize > max {
+            return Ok(None);
+        }
+        let entries: Vec<String> = self.client.hvals(key).await.map_err(map_err)?;
+        Ok(Some(entries))
+    }
+
+    async fn presence_stats(&self, channel: &str) -> Result<(u64, u64), BackplaneError> {
+        self.check_link()?;
+        let keys = self.keys.presence(channel);
+        let clients: u64 = self.client.hlen(&keys[0]).await.map_err(map_err)?;
+        let users: u64 = self.client.hlen(&keys[2]).await.map_err(map_err)?;
+        Ok((clients, users))
     }
 
     async fn position(&self, channel: &str, d: Durability) -> Result<Position, BackplaneError> {

@@ -15,9 +15,11 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use crate::auth::{Identity, permits};
+use crate::backplane::PresenceEntry;
 use crate::config::Namespace;
 use crate::error::{CloseReason, ErrorCode, OpError};
 use crate::hub::{SessionId, Subscriber};
+use crate::presence;
 use crate::protocol::{self, ClientFrame, Op, RequestId};
 use crate::publish::{self, durability};
 use crate::recovery;
@@ -37,6 +39,8 @@ struct Session {
     outbox: Outbox,
     control: Arc<Control>,
     identity: Identity,
+    /// This session's presence entry (from the token it connected with).
+    presence: PresenceEntry,
     /// Channels this session is subscribed to (the hub holds the other direction).
     channels: HashSet<Arc<str>>,
     limiter: RateLimiter,
@@ -63,7 +67,9 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, identity: Identity) {
     );
     outbox.push(Outgoing::now(Message::Text(welcome.into())));
 
+    let presence = presence::entry_for(&name, &identity);
     let mut session = Session {
+        presence,
         limiter: RateLimiter::new(limits.messages_per_sec),
         state: state.clone(),
         id,
@@ -73,7 +79,7 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, identity: Identity) {
         channels: HashSet::new(),
     };
     session.read_loop(&mut stream).await;
-    session.leave_all();
+    session.leave_all().await;
     state.unregister_session(id);
     drop(session);
     let _ = writer.await;
@@ -205,8 +211,7 @@ impl Session {
             Op::Subscribe { channel, recover } => self.subscribe(channel, recover, id).await,
             Op::Unsubscribe { channel } => {
                 if let Some(ch) = self.channels.take(channel) {
-                    self.state.subscriptions.unsubscribe(&ch, self.id);
-                    self.state.metrics.subscriptions.decrement(1.0);
+                    self.leave(&ch).await;
                 }
                 Ok(Some(json!({})))
             }
@@ -242,18 +247,19 @@ impl Session {
                     .await
                     .map(Some)
             }
-            Op::Presence { channel } | Op::PresenceStats { channel } => {
+            Op::Presence { channel } => {
                 let ns = self.namespace(channel)?;
                 if !permits(ns.presence_read, &self.identity, channel) {
                     return Err(forbidden("presence", channel));
                 }
-                Err(OpError::new(
-                    ErrorCode::BadRequest,
-                    format!(
-                        "presence is not enabled in namespace '{}'",
-                        protocol::namespace_of(channel)
-                    ),
-                ))
+                presence::list(&self.state, channel, &ns).await.map(Some)
+            }
+            Op::PresenceStats { channel } => {
+                let ns = self.namespace(channel)?;
+                if !permits(ns.presence_read, &self.identity, channel) {
+                    return Err(forbidden("presence", channel));
+                }
+                presence::stats(&self.state, channel, &ns).await.map(Some)
             }
             Op::Refresh { token } => self.refresh(&token).map(Some),
         }
@@ -327,23 +333,49 @@ impl Session {
         let ch: Arc<str> = channel.into();
         let result = match durable {
             Some(d) => {
-                recovery::subscribe_durable(&self.state, self.id, &self.outbox, &ch, d, recover, id)
-                    .await
-                    .map(|()| None)
+                let join = presence::enabled(&ns).then_some((&ns, &self.presence));
+                recovery::subscribe_durable(
+                    &self.state,
+                    self.id,
+                    &self.outbox,
+                    &ch,
+                    d,
+                    recover,
+                    id,
+                    join,
+                )
+                .await
+                .map(|()| None)
             }
             None => self
-                .state
-                .subscriptions
-                .subscribe(&ch, Subscriber::live(self.id, self.outbox.clone()))
+                .subscribe_plain(&ch, &ns)
                 .await
-                .map(|()| Some(json!({})))
-                .map_err(OpError::from),
+                .map(|()| Some(json!({}))),
         };
         if result.is_ok() {
             self.channels.insert(ch);
             self.state.metrics.subscriptions.increment(1.0);
         }
         result
+    }
+
+    /// Subscribes to a plain channel; the presence join (where enabled) is accepted
+    /// before the reply.
+    async fn subscribe_plain(&mut self, ch: &Arc<str>, ns: &Namespace) -> Result<(), OpError> {
+        self.state
+            .subscriptions
+            .subscribe(ch, Subscriber::live(self.id, self.outbox.clone()))
+            .await?;
+        if let Err(e) = self
+            .state
+            .presence
+            .join(&self.state, ch, ns, &self.presence)
+            .await
+        {
+            self.state.subscriptions.unsubscribe(ch, self.id);
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn namespace(&self, channel: &str) -> Result<Namespace, OpError> {
@@ -368,12 +400,25 @@ impl Session {
         self.push_text(protocol::reply_error(id, code, message));
     }
 
-    fn leave_all(&mut self) {
-        let n = self.channels.len();
-        for ch in self.channels.drain() {
-            self.state.subscriptions.unsubscribe(&ch, self.id);
+    /// Leaves one channel: presence first (its leave is accepted before the reply),
+    /// then the hub.
+    async fn leave(&mut self, channel: &Arc<str>) {
+        if let Some(ns) = self.state.config.namespaces.for_channel(channel) {
+            let ns = ns.clone();
+            self.state
+                .presence
+                .leave(&self.state, channel, &ns, &self.presence)
+                .await;
         }
-        self.state.metrics.subscriptions.decrement(n as f64);
+        self.state.subscriptions.unsubscribe(channel, self.id);
+        self.state.metrics.subscriptions.decrement(1.0);
+    }
+
+    async fn leave_all(&mut self) {
+        let channels: Vec<Arc<str>> = self.channels.drain().collect();
+        for ch in channels {
+            self.leave(&ch).await;
+        }
     }
 }
 
