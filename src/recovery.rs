@@ -20,18 +20,32 @@ use crate::protocol::{self, RequestId, StreamPosition};
 use crate::server::AppState;
 use crate::ws::outbox::{Outbox, Outgoing};
 
+/// One durable subscribe, as the session asked for it.
+pub struct DurableSubscribe<'a> {
+    pub channel: &'a Arc<str>,
+    pub durability: Durability,
+    pub recover: Option<StreamPosition>,
+    /// The request id to reply to (no id: no reply).
+    pub id: Option<RequestId>,
+    /// The presence entry to join with, where the namespace keeps presence.
+    pub join: Option<(&'a Namespace, &'a PresenceEntry)>,
+}
+
 /// Subscribes `session` to a durable channel and sends its reply (when `id` is set)
 /// followed by the recovered messages. On error the session is not subscribed.
 pub async fn subscribe_durable(
     state: &Arc<AppState>,
     session: SessionId,
     outbox: &Outbox,
-    channel: &Arc<str>,
-    d: Durability,
-    recover: Option<StreamPosition>,
-    id: Option<RequestId>,
-    join: Option<(&Namespace, &PresenceEntry)>,
+    req: DurableSubscribe<'_>,
 ) -> Result<(), OpError> {
+    let DurableSubscribe {
+        channel,
+        durability: d,
+        recover,
+        id,
+        join,
+    } = req;
     let (sub, _buffer) =
         Subscriber::buffered(session, outbox.clone(), state.config.limits.outbox_messages);
     state.subscriptions.subscribe(channel, sub).await?;

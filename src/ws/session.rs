@@ -334,18 +334,16 @@ impl Session {
         let result = match durable {
             Some(d) => {
                 let join = presence::enabled(&ns).then_some((&ns, &self.presence));
-                recovery::subscribe_durable(
-                    &self.state,
-                    self.id,
-                    &self.outbox,
-                    &ch,
-                    d,
+                let req = recovery::DurableSubscribe {
+                    channel: &ch,
+                    durability: d,
                     recover,
                     id,
                     join,
-                )
-                .await
-                .map(|()| None)
+                };
+                recovery::subscribe_durable(&self.state, self.id, &self.outbox, req)
+                    .await
+                    .map(|()| None)
             }
             None => self
                 .subscribe_plain(&ch, &ns)
