@@ -144,7 +144,7 @@ async fn a_crashed_nodes_sessions_leave_exactly_once() {
     let args = ["--redis", url.as_str(), "--config", file.to_str().unwrap()];
     let survivor_a = NodeProcess::spawn(&args).await;
     let survivor_b = NodeProcess::spawn(&args).await;
-    let mut doomed = NodeProcess::spawn(&args).await;
+    let doomed = NodeProcess::spawn(&args).await;
 
     let mut watchers = vec![
         connect_as(survivor_a.addr, "w1").await,
