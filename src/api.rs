@@ -122,11 +122,10 @@ pub async fn publish(
             .and_then(|v| v.to_str().ok())
             .map(String::from)
     });
-    if key.is_some() {
-        return error_response(
-            ErrorCode::BadRequest,
-            "idempotency keys are not supported by this node",
-        );
+    if let Some(k) = &key
+        && let Err(m) = crate::protocol::validate_idempotency_key(k)
+    {
+        return error_response(ErrorCode::BadRequest, &m);
     }
     match (req.channel, req.channels) {
         (Some(channel), None) => {
@@ -134,12 +133,12 @@ pub async fn publish(
                 Ok(ns) => ns,
                 Err(e) => return e.into_response(),
             };
-            match publish::publish(&state, &channel, &ns, data).await {
+            match publish::publish(&state, &channel, &ns, data, key.as_deref()).await {
                 Ok(result) => (StatusCode::OK, axum::Json(result)).into_response(),
                 Err(e) => e.into_response(),
             }
         }
-        (None, Some(channels)) => publish_many(&state, channels, data).await,
+        (None, Some(channels)) => publish_many(&state, channels, data, key.as_deref()).await,
         _ => error_response(
             ErrorCode::BadRequest,
             "give exactly one of 'channel' and 'channels'",
@@ -148,7 +147,12 @@ pub async fn publish(
 }
 
 /// The `channels` form: validated as a whole, then published channel by channel.
-async fn publish_many(state: &AppState, channels: Vec<String>, data: &RawValue) -> Response {
+async fn publish_many(
+    state: &AppState,
+    channels: Vec<String>,
+    data: &RawValue,
+    key: Option<&str>,
+) -> Response {
     let max = state.config.limits.max_channels_per_publish;
     if channels.len() > max {
         return error_response(
@@ -169,7 +173,7 @@ async fn publish_many(state: &AppState, channels: Vec<String>, data: &RawValue) 
     let mut results = Vec::with_capacity(channels.len());
     let mut status = StatusCode::OK;
     for (channel, ns) in channels.iter().zip(&namespaces) {
-        match publish::publish(state, channel, ns, data).await {
+        match publish::publish(state, channel, ns, data, key).await {
             Ok(mut result) => {
                 result["channel"] = json!(channel);
                 results.push(result);

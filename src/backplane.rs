@@ -28,12 +28,21 @@ pub struct Durability {
     pub history_ttl: Duration,
 }
 
+/// An idempotency key and how long it is remembered (PROTOCOL §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idempotency<'a> {
+    pub key: &'a str,
+    pub ttl: Duration,
+}
+
 /// One publication.
 #[derive(Debug, Clone, Copy)]
 pub struct PublishRequest<'a> {
     pub channel: &'a str,
     pub data: &'a RawValue,
     pub durable: Option<Durability>,
+    pub idempotency: Option<Idempotency<'a>>,
+    pub source: Option<crate::protocol::Source<'a>>,
 }
 
 /// A durable channel's epoch and newest offset.
@@ -97,6 +106,15 @@ pub trait Backplane: Send + Sync + 'static {
     /// the message; on `Err` nothing was published (or, after a timeout, it may have
     /// been: the caller may retry, PROTOCOL §3).
     async fn publish(&self, req: PublishRequest<'_>) -> Result<Published, BackplaneError>;
+
+    /// Appends a client publish to the upstream stream of namespace `ns` (PROTOCOL
+    /// §5.2), `MAXLEN ~ maxlen`; returns the entry id.
+    async fn append_upstream(
+        &self,
+        ns: &str,
+        maxlen: u64,
+        fields: &[(&str, &str)],
+    ) -> Result<String, BackplaneError>;
 
     /// Subscribes this node to a channel; returns once the backplane confirmed it, so
     /// that everything published afterwards reaches the hub (the subscribe barrier).

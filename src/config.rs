@@ -787,20 +787,6 @@ pub fn check_startup(cfg: Config) -> Result<Config, ConfigError> {
             "ingest sources and upstream namespaces need Redis",
         ));
     }
-    for (name, ns) in cfg.namespaces.iter() {
-        let key = if name.is_empty() {
-            "default_namespace".to_string()
-        } else {
-            format!("namespaces.{name}")
-        };
-        if ns.upstream {
-            return Err(ConfigError::new(
-                "config",
-                format!("{key}.upstream"),
-                "upstream is not supported by this build yet",
-            ));
-        }
-    }
     if !cfg.ingest.is_empty() {
         return Err(ConfigError::new(
             "config",

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub gap_fills: Counter,
     pub rejected_upgrades: Counter,
     pub rate_limited: Counter,
+    pub upstream_appended: Counter,
     pub present_sessions: Gauge,
     pub presence_refreshes: Counter,
     pub presence_sweeps: Counter,
@@ -122,6 +123,7 @@ impl Metrics {
                 "herald_rejected_upgrades_total",
                 "WebSocket upgrades refused",
             ),
+            upstream_appended: counter(r, "herald_upstream_appended_total", "client publishes appended to upstream streams"),
             rate_limited: counter(
                 r,
                 "herald_rate_limited_total",

@@ -289,11 +289,28 @@ pub struct Sequence<'a> {
     pub epoch: &'a str,
 }
 
+/// Where an ingested message came from: a microservice's stream and entry id (§5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source<'a> {
+    pub stream: &'a str,
+    pub id: &'a str,
+}
+
 /// Encodes `{"type":"message","channel":…,"data":…}` once; the bytes are then shared by
 /// every subscriber on every node. Channel names need no JSON escaping (§1).
 pub fn message_frame(channel: &str, data: &RawValue, seq: Option<Sequence<'_>>) -> Bytes {
+    message_frame_from(channel, data, None, seq)
+}
+
+/// [`message_frame`] with an optional `source` member.
+pub fn message_frame_from(
+    channel: &str,
+    data: &RawValue,
+    source: Option<Source<'_>>,
+    seq: Option<Sequence<'_>>,
+) -> Bytes {
     let mut buf = BytesMut::with_capacity(48 + channel.len() + data.get().len());
-    message_frame_open_into(&mut buf, channel, data);
+    message_frame_open_into(&mut buf, channel, data, source);
     if let Some(seq) = seq {
         push_sequence(&mut buf, seq);
     }
@@ -303,17 +320,22 @@ pub fn message_frame(channel: &str, data: &RawValue, seq: Option<Sequence<'_>>) 
 
 /// The frame without its closing brace, for the durable publish script, which appends
 /// `,"offset":N,"epoch":"…"}` once Redis has assigned the offset.
-pub fn message_frame_open(channel: &str, data: &RawValue) -> Bytes {
+pub fn message_frame_open(channel: &str, data: &RawValue, source: Option<Source<'_>>) -> Bytes {
     let mut buf = BytesMut::with_capacity(40 + channel.len() + data.get().len());
-    message_frame_open_into(&mut buf, channel, data);
+    message_frame_open_into(&mut buf, channel, data, source);
     buf.freeze()
 }
 
-fn message_frame_open_into(buf: &mut BytesMut, channel: &str, data: &RawValue) {
+fn message_frame_open_into(buf: &mut BytesMut, channel: &str, data: &RawValue, source: Option<Source<'_>>) {
     buf.put_slice(b"{\"type\":\"message\",\"channel\":\"");
     buf.put_slice(channel.as_bytes());
     buf.put_slice(b"\",\"data\":");
     buf.put_slice(data.get().as_bytes());
+    if let Some(src) = source {
+        let member = serde_json::json!({"stream": src.stream, "id": src.id});
+        buf.put_slice(b",\"source\":");
+        buf.put_slice(member.to_string().as_bytes());
+    }
 }
 
 fn push_sequence(buf: &mut BytesMut, seq: Sequence<'_>) {

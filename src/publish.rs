@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use crate::backplane::{Durability, PublishRequest, Published};
+use crate::backplane::{Durability, Idempotency, PublishRequest, Published};
 use crate::config::Namespace;
 use crate::error::OpError;
 use crate::server::AppState;
@@ -26,12 +26,18 @@ pub async fn publish(
     channel: &str,
     ns: &Namespace,
     data: &RawValue,
+    idempotency_key: Option<&str>,
 ) -> Result<Value, OpError> {
     let start = Instant::now();
     let req = PublishRequest {
         channel,
         data,
         durable: durability(ns),
+        idempotency: idempotency_key.map(|key| Idempotency {
+            key,
+            ttl: state.config.idempotency_ttl,
+        }),
+        source: None,
     };
     match state.backplane.publish(req).await {
         Ok(published) => {

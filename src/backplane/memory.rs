@@ -43,6 +43,8 @@ pub struct MemoryBackplane {
     // Sessions of one process cannot vanish without leaving, so there is no expiry:
     // refresh and sweep have nothing to do.
     presence: DashMap<Arc<str>, Present>,
+    /// (channel, key) → the first publish with that key.
+    idempotency: Mutex<std::collections::HashMap<(Arc<str>, String), IdempotencyRecord>>,
     link: watch::Sender<Link>,
 }
 
@@ -56,6 +58,7 @@ impl MemoryBackplane {
             hub,
             rings: DashMap::new(),
             presence: DashMap::new(),
+            idempotency: Mutex::default(),
             link,
         }
     }
@@ -85,16 +88,11 @@ impl MemoryBackplane {
     }
 }
 
-fn lock(ring: &Mutex<Ring>) -> std::sync::MutexGuard<'_, Ring> {
-    ring.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-#[async_trait]
-impl Backplane for MemoryBackplane {
-    async fn publish(&self, req: PublishRequest<'_>) -> Result<Published, BackplaneError> {
+impl MemoryBackplane {
+    fn publish_now(&self, req: &PublishRequest<'_>) -> Result<Published, BackplaneError> {
         let now = Instant::now();
         let Some(d) = req.durable else {
-            let frame = protocol::message_frame(req.channel, req.data, None);
+            let frame = protocol::message_frame_from(req.channel, req.data, req.source, None);
             let frame =
                 Utf8Bytes::try_from(frame).map_err(|e| BackplaneError::Protocol(e.to_string()))?;
             self.hub.dispatch(req.channel, &frame, None, now);
@@ -106,14 +104,12 @@ impl Backplane for MemoryBackplane {
         r.offset += 1;
         r.touched = now;
         let offset = r.offset;
-        let frame = protocol::message_frame(
-            req.channel,
-            req.data,
-            Some(Sequence {
-                offset,
-                epoch: &r.epoch,
-            }),
-        );
+        let epoch = r.epoch.clone();
+        let seq = Sequence {
+            offset,
+            epoch: &epoch,
+        };
+        let frame = protocol::message_frame_from(req.channel, req.data, req.source, Some(seq));
         let frame =
             Utf8Bytes::try_from(frame).map_err(|e| BackplaneError::Protocol(e.to_string()))?;
         r.frames.push_back(StoredMessage {
@@ -123,13 +119,65 @@ impl Backplane for MemoryBackplane {
         while r.frames.len() as u64 > d.history_size {
             r.frames.pop_front();
         }
-        let epoch = r.epoch.clone();
         self.hub
             .dispatch(req.channel, &frame, Some((offset, &epoch)), now);
-        Ok(Published::Durable(Position {
-            epoch: r.epoch.clone(),
-            offset,
-        }))
+        Ok(Published::Durable(Position { epoch, offset }))
+    }
+}
+
+/// Above this many idempotency records, expired ones are dropped on the next publish.
+const IDEMPOTENCY_PURGE_AT: usize = 10_000;
+
+struct IdempotencyRecord {
+    data: String,
+    result: Published,
+    expires: Instant,
+}
+
+fn lock(ring: &Mutex<Ring>) -> std::sync::MutexGuard<'_, Ring> {
+    ring.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[async_trait]
+impl Backplane for MemoryBackplane {
+    async fn publish(&self, req: PublishRequest<'_>) -> Result<Published, BackplaneError> {
+        let Some(idem) = req.idempotency else {
+            return self.publish_now(&req);
+        };
+        // Check and publish under one lock: concurrent retries publish once.
+        let mut records = self.idempotency.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if records.len() > IDEMPOTENCY_PURGE_AT {
+            records.retain(|_, r| r.expires > now);
+        }
+        let key = (Arc::<str>::from(req.channel), idem.key.to_string());
+        if let Some(prev) = records.get(&key).filter(|r| r.expires > now) {
+            return if prev.data == req.data.get() {
+                Ok(prev.result.clone())
+            } else {
+                Err(BackplaneError::Conflict)
+            };
+        }
+        let result = self.publish_now(&req)?;
+        records.insert(
+            key,
+            IdempotencyRecord {
+                data: req.data.get().to_string(),
+                result: result.clone(),
+                expires: now + idem.ttl,
+            },
+        );
+        Ok(result)
+    }
+
+    async fn append_upstream(
+        &self,
+        _ns: &str,
+        _maxlen: u64,
+        _fields: &[(&str, &str)],
+    ) -> Result<String, BackplaneError> {
+        // Configuration refuses upstream namespaces without Redis; this is the backstop.
+        Err(BackplaneError::Unavailable("upstream namespaces need Redis".into()))
     }
 
     async fn subscribe(&self, _channel: &str) -> Result<(), BackplaneError> {
@@ -296,6 +344,8 @@ mod tests {
             channel: "c",
             data: &data,
             durable: Some(D),
+            idempotency: None,
+            source: None,
         };
         for want in 1..=5 {
             match e.publish(req).await.unwrap() {

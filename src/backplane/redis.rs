@@ -20,6 +20,7 @@ use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::config::{ReconnectPolicy, UnresponsiveConfig};
 use fred::types::scripts::Script;
+use fred::types::{ClusterHash, CustomCommand};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +36,7 @@ use crate::protocol::{self, PayloadKind};
 
 const PUBLISH_LUA: &str = include_str!("publish.lua");
 const HISTORY_LUA: &str = include_str!("history.lua");
+const IDEMPOTENT_LUA: &str = include_str!("idempotent_publish.lua");
 const PRESENCE_JOIN_LUA: &str = include_str!("presence_join.lua");
 const PRESENCE_LEAVE_LUA: &str = include_str!("presence_leave.lua");
 const PRESENCE_REFRESH_LUA: &str = include_str!("presence_refresh.lua");
@@ -74,6 +76,12 @@ impl Keys {
     pub fn meta(&self, channel: &str) -> String {
         format!("{}:{{{channel}}}:meta", self.prefix)
     }
+    pub fn idempotency(&self, channel: &str, key: &str) -> String {
+        format!("{}:{{{channel}}}:idem:{key}", self.prefix)
+    }
+    pub fn upstream(&self, ns: &str) -> String {
+        format!("{}:upstream:{ns}", self.prefix)
+    }
     /// The presence hash, its expiry sorted set and the user-count hash.
     pub fn presence(&self, channel: &str) -> Vec<String> {
         vec![
@@ -97,6 +105,7 @@ pub struct RedisBackplane {
     keys: Keys,
     publish_script: Script,
     history_script: Script,
+    idempotent_script: Script,
     presence_scripts: PresenceScripts,
     link: watch::Sender<Link>,
 }
@@ -154,6 +163,7 @@ impl RedisBackplane {
             keys: Keys::new(prefix),
             publish_script: Script::from_lua(PUBLISH_LUA),
             history_script: Script::from_lua(HISTORY_LUA),
+            idempotent_script: Script::from_lua(IDEMPOTENT_LUA),
             presence_scripts: PresenceScripts {
                 join: Script::from_lua(PRESENCE_JOIN_LUA),
                 leave: Script::from_lua(PRESENCE_LEAVE_LUA),
@@ -310,36 +320,83 @@ impl Backplane for RedisBackplane {
     async fn publish(&self, req: PublishRequest<'_>) -> Result<Published, BackplaneError> {
         self.check_link()?;
         let channel = self.keys.pubsub(req.channel);
-        match req.durable {
-            None => {
-                let frame = protocol::message_frame(req.channel, req.data, None);
+        let idem_ms = req.idempotency.map(|i| (i.ttl.as_millis().max(1)) as i64);
+        match (req.durable, req.idempotency) {
+            (None, None) => {
+                let frame = protocol::message_frame_from(req.channel, req.data, req.source, None);
                 let _: i64 = self.client.publish(channel, frame).await.map_err(map_err)?;
                 Ok(Published::Plain)
             }
-            Some(d) => {
-                let open = protocol::message_frame_open(req.channel, req.data);
-                let keys = vec![
+            (None, Some(idem)) => {
+                let frame = protocol::message_frame_from(req.channel, req.data, req.source, None);
+                let keys = vec![self.keys.idempotency(req.channel, idem.key), channel];
+                let args: Vec<Value> = vec![Value::Bytes(frame), idem_ms.unwrap_or(1).into()];
+                let status: String = self
+                    .idempotent_script
+                    .evalsha_with_reload(&self.client, keys, args)
+                    .await
+                    .map_err(map_err)?;
+                match status.as_str() {
+                    "ok" | "dup" => Ok(Published::Plain),
+                    "conflict" => Err(BackplaneError::Conflict),
+                    other => Err(BackplaneError::Protocol(format!("idempotent publish: {other}"))),
+                }
+            }
+            (Some(d), idem) => {
+                let open = protocol::message_frame_open(req.channel, req.data, req.source);
+                let mut keys = vec![
                     self.keys.meta(req.channel),
                     self.keys.stream(req.channel),
                     channel,
                 ];
-                let args: Vec<Value> = vec![
+                let mut args: Vec<Value> = vec![
                     Value::Bytes(open),
                     (d.history_size.min(i64::MAX as u64) as i64).into(),
                     ttl_secs(d).into(),
                     new_epoch().into(),
                 ];
+                if let Some(idem) = idem {
+                    keys.push(self.keys.idempotency(req.channel, idem.key));
+                    args.push(idem_ms.unwrap_or(1).into());
+                }
                 let reply: Vec<Value> = self
                     .publish_script
                     .evalsha_with_reload(&self.client, keys, args)
                     .await
                     .map_err(map_err)?;
                 match reply.as_slice() {
-                    [epoch, offset] => Ok(Published::Durable(parse_position(epoch, offset)?)),
+                    [status, epoch, offset] if matches!(value_str(status).as_deref(), Some("ok" | "dup")) => {
+                        Ok(Published::Durable(parse_position(epoch, offset)?))
+                    }
+                    [status] if value_str(status).as_deref() == Some("conflict") => {
+                        Err(BackplaneError::Conflict)
+                    }
                     _ => Err(BackplaneError::Protocol("publish script reply".into())),
                 }
             }
         }
+    }
+
+    async fn append_upstream(
+        &self,
+        ns: &str,
+        maxlen: u64,
+        fields: &[(&str, &str)],
+    ) -> Result<String, BackplaneError> {
+        self.check_link()?;
+        let mut args: Vec<Value> = Vec::with_capacity(5 + fields.len() * 2);
+        args.push(self.keys.upstream(ns).into());
+        args.push("MAXLEN".into());
+        args.push("~".into());
+        args.push((maxlen.min(i64::MAX as u64) as i64).into());
+        args.push("*".into());
+        for (k, v) in fields {
+            args.push((*k).into());
+            args.push((*v).into());
+        }
+        let cmd = CustomCommand::new_static("XADD", ClusterHash::FirstKey, false);
+        let id: Value = self.client.custom(cmd, args).await.map_err(map_err)?;
+        value_str(&id).ok_or_else(|| BackplaneError::Protocol("XADD reply".into()))
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), BackplaneError> {

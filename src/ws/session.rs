@@ -224,13 +224,10 @@ impl Session {
                 if !permits(ns.publish, &self.identity, channel) {
                     return Err(forbidden("publish", channel));
                 }
-                if idempotency_key.is_some() {
-                    return Err(OpError::new(
-                        ErrorCode::BadRequest,
-                        "idempotency keys are not supported by this node",
-                    ));
+                if ns.upstream {
+                    return self.publish_upstream(channel, &ns, data).await.map(Some);
                 }
-                publish::publish(&self.state, channel, &ns, data)
+                publish::publish(&self.state, channel, &ns, data, idempotency_key.as_deref())
                     .await
                     .map(Some)
             }
@@ -355,6 +352,36 @@ impl Session {
             self.state.metrics.subscriptions.increment(1.0);
         }
         result
+    }
+
+    /// A client publish in an upstream namespace goes to the namespace's stream for
+    /// backends, not to subscribers (PROTOCOL §5.2).
+    async fn publish_upstream(
+        &self,
+        channel: &str,
+        ns: &Namespace,
+        data: &serde_json::value::RawValue,
+    ) -> Result<Value, OpError> {
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+            .to_string();
+        let fields = [
+            ("channel", channel),
+            ("data", data.get()),
+            ("session", self.presence.session.as_str()),
+            ("user", self.identity.user.as_deref().unwrap_or("")),
+            ("node", self.state.config.node_id.as_str()),
+            ("ts", ts.as_str()),
+        ];
+        let id = self
+            .state
+            .backplane
+            .append_upstream(protocol::namespace_of(channel), ns.upstream_maxlen, &fields)
+            .await?;
+        self.state.metrics.upstream_appended.increment(1);
+        Ok(json!({"stream_id": id}))
     }
 
     /// Subscribes to a plain channel; the presence join (where enabled) is accepted
