@@ -77,6 +77,7 @@
       text = typeof data === 'string' ? data : JSON.stringify(data);
     }
     addLine(user, text, { mine: user === els.name.value.trim(), offset: frame.offset });
+    updateCounters();
     if (frame.offset != null) els.offset.textContent = frame.offset + ' (' + frame.epoch + ')';
   }
 
@@ -95,6 +96,7 @@
     setState('connected');
     els.node.textContent = welcome.node || '?';
     els.session.textContent = welcome.session || '?';
+    els.session.title = welcome.session || '';
     if (els.notice.dataset.kind === 'connection') hideNotice();
   });
   client.on('disconnected', function (ev) {
@@ -168,12 +170,13 @@
   });
 
   // ---- messages per second (sliding one-second window) ----
-  setInterval(function () {
+  function updateCounters() {
     var cutoff = Date.now() - 1000;
     while (stats.times.length && stats.times[0] < cutoff) stats.times.shift();
     els.rate.textContent = String(stats.times.length);
     els.total.textContent = String(stats.total);
-  }, 250);
+  }
+  setInterval(updateCounters, 250); // also lets the rate fall back when messages stop
 
   // For the browser tests and for poking around in the console.
   window.heraldDemo = { client: client, subscription: sub, stats: stats, channel: CHANNEL };

@@ -13,6 +13,8 @@
   var DEFAULT_PING_INTERVAL_MS = 25000;
   var DEFAULT_BACKOFF = { baseMs: 500, maxMs: 30000 };
   var CHANNEL_RE = /^[A-Za-z0-9_\-:.@/=,]{1,255}$/;
+  // Subscribe refusals that may pass on a later try (PROTOCOL.md §2.3); others are final.
+  var RETRYABLE = { unavailable: true, rate_limited: true, internal: true };
 
   /** An error with a stable `code`: a protocol code (PROTOCOL.md §2.3) or a client one. */
   class HeraldError extends Error {
@@ -127,6 +129,8 @@
       this.lastReply = null;
       this._closed = false;
       this._recovering = false;
+      this._retries = 0;
+      this._retryTimer = null;
       if (typeof onMessage === 'function') this.on('message', onMessage);
       if (typeof opts.onJoin === 'function') this.on('join', opts.onJoin);
       if (typeof opts.onLeave === 'function') this.on('leave', opts.onLeave);
@@ -513,17 +517,32 @@
 
     _sendSubscribe(sub) {
       var self = this;
+      var ws = this._ws;
+      if (sub._retryTimer) { clearTimeout(sub._retryTimer); sub._retryTimer = null; }
       var frame = { op: 'subscribe', channel: sub.channel };
       var recover = sub._recoverFrame();
       if (recover) frame.recover = recover;
       sub._recovering = !!recover;
       this._request(frame).then(function (result) {
         if (self._subs.get(sub.channel) !== sub) return;
+        sub._retries = 0;
         sub._onSubscribed(result, !!recover);
       }, function (err) {
         if (self._subs.get(sub.channel) !== sub) return;
         if (err.code === 'disconnected' || err.code === 'not_connected' || err.code === 'closed') return; // resent on reconnect
-        if (err.code === 'timeout') { self._dropSocket(1006, 'subscribe timed out'); return; }
+        if (err.code === 'timeout') { if (self._ws === ws) self._dropSocket(1006, 'subscribe timed out'); return; }
+        if (RETRYABLE[err.code]) {
+          // Transient (e.g. the node's backplane is not connected yet): try again on this
+          // connection after a backoff delay; a reconnect meanwhile re-subscribes anyway.
+          sub._recovering = false;
+          var delay = backoffDelay(sub._retries++, self.options.backoff, self._random);
+          self._emit('error', err);
+          sub._retryTimer = setTimeout(function () {
+            sub._retryTimer = null;
+            if (self._subs.get(sub.channel) === sub && self._ws === ws && self._state === 'connected') self._sendSubscribe(sub);
+          }, delay);
+          return;
+        }
         self._subs.delete(sub.channel);
         sub._fail(err);
       });
@@ -534,6 +553,7 @@
       this._subs.delete(sub.channel);
       sub.active = false;
       sub._closed = true;
+      if (sub._retryTimer) { clearTimeout(sub._retryTimer); sub._retryTimer = null; }
       if (sub._rejectReady) {
         var r = sub._rejectReady;
         sub._resolveReady = sub._rejectReady = null;
@@ -585,7 +605,10 @@
         clearTimeout(p.timer);
         p.reject(new HeraldError('disconnected', p.op + ': the connection closed before the reply', { op: p.op }));
       });
-      this._subs.forEach(function (sub) { sub.active = false; });
+      this._subs.forEach(function (sub) {
+        sub.active = false;
+        if (sub._retryTimer) { clearTimeout(sub._retryTimer); sub._retryTimer = null; }
+      });
 
       var action = this._want ? closeAction(code, clientInitiated) : 'stop';
       if (action === 'refresh_token' && !this._getToken) {

@@ -212,20 +212,49 @@ export function watchErrors(page, errors, label) {
   page.on('crash', () => errors.push(`${label}: page crashed`));
 }
 
-/** A new page (own context: own storage) with its errors recorded. */
+/** Keep the last WebSocket events of a page (page.wsLog), for failure reports. */
+function recordWebSockets(page) {
+  const log = [];
+  page.wsLog = log;
+  const add = (line) => { log.push(`${new Date().toISOString().slice(11, 23)} ${line}`); if (log.length > 200) log.shift(); };
+  page.on('websocket', (ws) => {
+    add(`open ${ws.url()}`);
+    ws.on('framesent', (f) => add(`-> ${String(f.payload).slice(0, 300)}`));
+    ws.on('framereceived', (f) => add(`<- ${String(f.payload).slice(0, 300)}`));
+    ws.on('socketerror', (e) => add(`socketerror ${e}`));
+    ws.on('close', () => add('close'));
+  });
+}
+
+/** A new page (own context: own storage) with its errors and WebSocket traffic recorded. */
 export async function newPage(browser, errors, label) {
   const context = await browser.newContext({ viewport: { width: 1100, height: 760 } });
   const page = await context.newPage();
   watchErrors(page, errors, label);
+  recordWebSockets(page);
   return page;
 }
 
 /** Wait until the demo is connected and its chat:lobby subscription confirmed. */
 export async function waitDemoReady(page, timeoutMs = 15000) {
-  await page.waitForFunction(
-    () => window.heraldDemo && window.heraldDemo.client.state === 'connected' && window.heraldDemo.subscription.active,
-    null, { timeout: timeoutMs },
-  );
+  try {
+    await page.waitForFunction(
+      () => window.heraldDemo && window.heraldDemo.client.state === 'connected' && window.heraldDemo.subscription.active,
+      null, { timeout: timeoutMs },
+    );
+  } catch (err) {
+    let state = null;
+    try {
+      state = await page.evaluate(() => ({
+        state: window.heraldDemo && window.heraldDemo.client.state,
+        active: window.heraldDemo && window.heraldDemo.subscription.active,
+        closes: window.__closes,
+        shown: document.getElementById('state').textContent,
+      }));
+    } catch { /* page gone */ }
+    err.message += `\npage: ${JSON.stringify(state)}\nWebSocket log:\n${(page.wsLog || []).slice(-40).join('\n')}`;
+    throw err;
+  }
 }
 
 /** The texts of the chat lines shown, in order. */

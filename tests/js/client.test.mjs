@@ -278,6 +278,35 @@ test('subscribe refused: ready rejects with the code, the subscription is droppe
   assert.equal(client.subscriptions.has('admin:x'), false);
 });
 
+test('subscribe refused with a transient error (unavailable) is retried with backoff on the same connection', async (t) => {
+  const { client, sockets, events } = await connected(t, { random: () => 0.5, backoff: { baseMs: 20, maxMs: 1000 } });
+  const ws = sockets[0];
+  const sub = client.subscribe('chat:lobby', () => {});
+  ws.replyError(ws.lastOp('subscribe').id, 'unavailable', 'the backplane is unreachable');
+  await waitFor(() => events.some(([e, err]) => e === 'error' && err.code === 'unavailable'));
+  assert.equal(client.subscriptions.get('chat:lobby'), sub, 'still registered');
+  await waitFor(() => ws.ops('subscribe').length === 2, { what: 'a second subscribe' });
+  ws.replyError(ws.lastOp('subscribe').id, 'rate_limited');
+  await waitFor(() => ws.ops('subscribe').length === 3, { what: 'a third subscribe' });
+  ws.reply(ws.lastOp('subscribe').id, {});
+  assert.deepEqual(await sub.ready, {});
+  assert.equal(sub.active, true);
+  await sleep(60);
+  assert.equal(ws.ops('subscribe').length, 3, 'no more retries once subscribed');
+});
+
+test('a pending subscribe retry is cancelled by a reconnect (which re-subscribes once)', async (t) => {
+  const { client, sockets } = await connected(t, { random: () => 0.999, backoff: { baseMs: 50, maxMs: 1000 } });
+  client.subscribe('chat:lobby', () => {});
+  sockets[0].replyError(sockets[0].lastOp('subscribe').id, 'unavailable');
+  sockets[0].serverClose(1006);
+  await waitFor(() => sockets.length === 2);
+  sockets[1].welcome();
+  await sleep(150);
+  assert.equal(sockets[0].ops('subscribe').length, 1);
+  assert.equal(sockets[1].ops('subscribe').length, 1);
+});
+
 test('subscribe: invalid names and duplicates throw', async (t) => {
   const { client } = setup(t);
   assert.throws(() => client.subscribe('bad channel!'), (e) => e.code === 'bad_request');
