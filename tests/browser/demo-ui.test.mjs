@@ -158,6 +158,21 @@ describe('demo page UI (stub node)', { skip: !haveChromium() && 'no Chromium at 
     assert.deepEqual(errors, []);
   });
 
+  it('herald.mjs works as an ES module in the browser and gives the same class as the global', async () => {
+    const page = await openPage('esm');
+    const r = await page.evaluate(async () => {
+      const m = await import('/herald.mjs');
+      return {
+        same: m.Herald === window.Herald && m.default === window.Herald,
+        fns: [typeof m.backoffDelay, typeof m.closeAction, typeof m.HeraldError],
+        action: m.closeAction(4008, false),
+      };
+    });
+    assert.deepEqual(r, { same: true, fns: ['function', 'function', 'function'], action: 'reconnect' });
+    await page.context().close();
+    assert.deepEqual(errors, []);
+  });
+
   it('reconnects after an abnormal close and counts messages per second', async () => {
     const page = await openPage('rate');
     await page.evaluate(() => window.__fake.sockets[0].serverClose(1006, ''));
