@@ -57,6 +57,9 @@ pub struct Position {
 pub enum Published {
     Plain,
     Durable(Position),
+    /// An idempotent publish seen before: nothing was published again; this is the
+    /// first publish's result.
+    Duplicate(Box<Published>),
 }
 
 /// Which part of a durable channel's history to read.

@@ -787,13 +787,7 @@ pub fn check_startup(cfg: Config) -> Result<Config, ConfigError> {
             "ingest sources and upstream namespaces need Redis",
         ));
     }
-    if !cfg.ingest.is_empty() {
-        return Err(ConfigError::new(
-            "config",
-            "ingest",
-            "ingest is not supported by this build yet",
-        ));
-    }
+    crate::streams::ingest::validate(&cfg)?;
     crate::tokens::Tokens::from_config(&cfg)?;
     Ok(cfg)
 }

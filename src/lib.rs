@@ -35,6 +35,7 @@ pub mod publish;
 pub mod recovery;
 pub mod server;
 pub mod shutdown;
+pub mod streams;
 pub mod subscriptions;
 pub mod tokens;
 pub mod ws;

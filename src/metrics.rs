@@ -18,6 +18,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Every metric of a node.
 pub struct Metrics {
     handle: PrometheusHandle,
+    /// Kept to register labelled metrics later (one set per ingest source).
+    recorder: PrometheusRecorder,
     pub connections: Gauge,
     pub subscriptions: Gauge,
     pub channels: Gauge,
@@ -123,7 +125,11 @@ impl Metrics {
                 "herald_rejected_upgrades_total",
                 "WebSocket upgrades refused",
             ),
-            upstream_appended: counter(r, "herald_upstream_appended_total", "client publishes appended to upstream streams"),
+            upstream_appended: counter(
+                r,
+                "herald_upstream_appended_total",
+                "client publishes appended to upstream streams",
+            ),
             rate_limited: counter(
                 r,
                 "herald_rate_limited_total",
@@ -156,6 +162,41 @@ impl Metrics {
                 "publish request to backplane acceptance",
             ),
             handle,
+            recorder,
+        }
+    }
+
+    /// The metrics of one ingest source, labelled `stream`.
+    pub fn source(&self, stream: &str) -> crate::streams::ingest::SourceMetrics {
+        let r = &self.recorder;
+        let labels = || vec![metrics::Label::new("stream", stream.to_string())];
+        let c = |name: &'static str, help: &'static str| {
+            r.describe_counter(name.into(), None, help.into());
+            r.register_counter(&Key::from_parts(name, labels()), &METADATA)
+        };
+        r.describe_gauge(
+            "herald_ingest_lag".into(),
+            None,
+            "group lag plus pending entries".into(),
+        );
+        crate::streams::ingest::SourceMetrics {
+            published: c(
+                "herald_ingest_published_total",
+                "stream entries published into channels",
+            ),
+            duplicates: c(
+                "herald_ingest_duplicates_total",
+                "entries processed again but not published twice",
+            ),
+            dead_lettered: c(
+                "herald_ingest_dead_lettered_total",
+                "entries sent to the dead-letter stream",
+            ),
+            reclaimed: c(
+                "herald_ingest_reclaimed_total",
+                "pending entries claimed from other consumers",
+            ),
+            lag: r.register_gauge(&Key::from_parts("herald_ingest_lag", labels()), &METADATA),
         }
     }
 

@@ -326,7 +326,12 @@ pub fn message_frame_open(channel: &str, data: &RawValue, source: Option<Source<
     buf.freeze()
 }
 
-fn message_frame_open_into(buf: &mut BytesMut, channel: &str, data: &RawValue, source: Option<Source<'_>>) {
+fn message_frame_open_into(
+    buf: &mut BytesMut,
+    channel: &str,
+    data: &RawValue,
+    source: Option<Source<'_>>,
+) {
     buf.put_slice(b"{\"type\":\"message\",\"channel\":\"");
     buf.put_slice(channel.as_bytes());
     buf.put_slice(b"\",\"data\":");

@@ -59,5 +59,6 @@ fn result_json(p: &Published) -> Value {
     match p {
         Published::Plain => json!({}),
         Published::Durable(pos) => json!({"epoch": pos.epoch, "offset": pos.offset}),
+        Published::Duplicate(first) => result_json(first),
     }
 }

@@ -174,6 +174,10 @@ impl Node {
             state.clone(),
             shutdown.clone(),
         ));
+        let sources = crate::streams::ingest::validate(&config)?;
+        if let Some(redis) = &redis {
+            crate::streams::ingest::start(state.clone(), redis.clone(), sources, shutdown.clone());
+        }
 
         let listener =
             TcpListener::bind(config.listen)

@@ -153,7 +153,7 @@ impl Backplane for MemoryBackplane {
         let key = (Arc::<str>::from(req.channel), idem.key.to_string());
         if let Some(prev) = records.get(&key).filter(|r| r.expires > now) {
             return if prev.data == req.data.get() {
-                Ok(prev.result.clone())
+                Ok(Published::Duplicate(Box::new(prev.result.clone())))
             } else {
                 Err(BackplaneError::Conflict)
             };
@@ -177,7 +177,9 @@ impl Backplane for MemoryBackplane {
         _fields: &[(&str, &str)],
     ) -> Result<String, BackplaneError> {
         // Configuration refuses upstream namespaces without Redis; this is the backstop.
-        Err(BackplaneError::Unavailable("upstream namespaces need Redis".into()))
+        Err(BackplaneError::Unavailable(
+            "upstream namespaces need Redis".into(),
+        ))
     }
 
     async fn subscribe(&self, _channel: &str) -> Result<(), BackplaneError> {

@@ -196,6 +196,11 @@ impl RedisBackplane {
         Ok(this)
     }
 
+    /// The command client (ingest uses it; blocking reads take a `clone_new` of it).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     fn check_link(&self) -> Result<(), BackplaneError> {
         if self.link.borrow().connected {
             Ok(())
@@ -337,9 +342,12 @@ impl Backplane for RedisBackplane {
                     .await
                     .map_err(map_err)?;
                 match status.as_str() {
-                    "ok" | "dup" => Ok(Published::Plain),
+                    "ok" => Ok(Published::Plain),
+                    "dup" => Ok(Published::Duplicate(Box::new(Published::Plain))),
                     "conflict" => Err(BackplaneError::Conflict),
-                    other => Err(BackplaneError::Protocol(format!("idempotent publish: {other}"))),
+                    other => Err(BackplaneError::Protocol(format!(
+                        "idempotent publish: {other}"
+                    ))),
                 }
             }
             (Some(d), idem) => {
@@ -365,8 +373,13 @@ impl Backplane for RedisBackplane {
                     .await
                     .map_err(map_err)?;
                 match reply.as_slice() {
-                    [status, epoch, offset] if matches!(value_str(status).as_deref(), Some("ok" | "dup")) => {
-                        Ok(Published::Durable(parse_position(epoch, offset)?))
+                    [status, epoch, offset] => {
+                        let pos = Published::Durable(parse_position(epoch, offset)?);
+                        match value_str(status).as_deref() {
+                            Some("ok") => Ok(pos),
+                            Some("dup") => Ok(Published::Duplicate(Box::new(pos))),
+                            _ => Err(BackplaneError::Protocol("publish script status".into())),
+                        }
                     }
                     [status] if value_str(status).as_deref() == Some("conflict") => {
                         Err(BackplaneError::Conflict)
