@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Turns a bench/run.sh result directory into the markdown table of docs/BENCHMARKS.md.
+
+    python3 bench/summarize.py target/bench/DIR                 # markdown on stdout
+    python3 bench/summarize.py target/bench/DIR --write-docs docs/BENCHMARKS.md
+
+Every number is the median over the repeats of one label (files LABEL.N.json).
+"""
+
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+
+BEGIN = "<!-- results:begin -->"
+END = "<!-- results:end -->"
+
+# Reference points of issue 6 (Socket.IO 4.8 + Redis adapter, 2 nodes, same kind of machine).
+SOCKETIO_BCAST_US = 13.0
+SOCKETIO_MANY_US = 136.0
+SOCKETIO_IDLE_KIB = 16.0
+
+
+def load(directory):
+    groups = {}
+    for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
+        name = os.path.basename(path)
+        m = re.match(r"(.+)\.(\d+)\.json$", name)
+        if not m:
+            continue
+        with open(path) as f:
+            try:
+                groups.setdefault(m.group(1), []).append(json.load(f))
+            except json.JSONDecodeError:
+                pass
+    return groups
+
+
+def get(d, path):
+    for key in path.split("."):
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def med(runs, path):
+    values = [get(r, path) for r in runs]
+    values = [v for v in values if isinstance(v, (int, float))]
+    return statistics.median(values) if values else None
+
+
+def f(v, digits=1):
+    if v is None:
+        return "–"
+    if isinstance(v, float) and abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return f"{v:.{digits}f}"
+
+
+def ceiling(groups):
+    runs = groups.get("ceiling", [])
+    one, sixteen = [], []
+    for r in runs:
+        for row in r.get("raw_ceiling", []):
+            v = row.get("writer_cpu_us_per_delivery")
+            if row.get("frames_per_write") == 1:
+                one.append(v)
+            elif row.get("frames_per_write") == 16:
+                sixteen.append(v)
+    m1 = statistics.median(one) if one else None
+    m16 = statistics.median(sixteen) if sixteen else None
+    return m1, m16, len(runs)
+
+
+def order(label):
+    kinds = ["idle", "bcast", "many", "durable"]
+    kind = label.split("-")[0]
+    nums = [int(x) for x in re.findall(r"\d+", label)]
+    return (kinds.index(kind) if kind in kinds else 9, "coalesce" in label, nums)
+
+
+def table(groups):
+    c1, c16, cruns = ceiling(groups)
+    lines = []
+    if c1 is not None:
+        lines.append(
+            f"Raw-write ceiling of this run (bench/raw_ceiling.rs, writer thread only, median of {cruns}): "
+            f"**{f(c1, 2)} µs** per delivery at 1 frame per `write()`, **{f(c16, 2)} µs** at 16 frames per `write()`."
+        )
+        lines.append("")
+    lines.append(
+        "| scenario | conns | chans | publishes/s asked → done | deliveries/s | p50 ms | p99 ms | p99.9 ms "
+        "| node CPU µs/delivery | × ceiling (1/write) | node cores | load tool cores | redis µs/delivery "
+        "| lost | dup | closes | RSS KiB/conn | runs |"
+    )
+    lines.append("|" + "---|" * 18)
+    for label in sorted(groups, key=order):
+        if label == "ceiling":
+            continue
+        runs = groups[label]
+        cpu = med(runs, "node_cpu_us_per_delivery")
+        ratio = cpu / c1 if (cpu is not None and c1) else None
+        redis = None
+        vals = []
+        for r in runs:
+            for a in r.get("aux", []) or []:
+                if a.get("name") == "redis" and isinstance(a.get("cpu_us_per_delivery"), (int, float)):
+                    vals.append(a["cpu_us_per_delivery"])
+        if vals:
+            redis = statistics.median(vals)
+        closes = []
+        for r in runs:
+            c = get(r, "deliveries.closes") or {}
+            closes.append(sum(c.values()) if isinstance(c, dict) else 0)
+        p50 = med(runs, "latency_us.p50")
+        p99 = med(runs, "latency_us.p99")
+        p999 = med(runs, "latency_us.p999")
+        rate = med(runs, "scenario.rate")
+        done = med(runs, "publish.per_sec")
+        idle = rate in (None, 0)
+        lines.append(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                label,
+                f(med(runs, "scenario.connections")),
+                f(med(runs, "scenario.channels")),
+                "–" if idle else f"{f(rate)} → {f(done)}",
+                "–" if idle else f(med(runs, "deliveries.per_sec"), 0),
+                "–" if p50 is None else f(p50 / 1000, 2),
+                "–" if p99 is None else f(p99 / 1000, 2),
+                "–" if p999 is None else f(p999 / 1000, 2),
+                "–" if idle else f(cpu, 2),
+                "–" if idle else ("–" if ratio is None else f"{ratio:.2f}"),
+                "–" if idle else f(med(runs, "node_cores"), 2),
+                "–" if idle else f(med(runs, "tool.cores_window"), 2),
+                "–" if idle else f(redis, 2),
+                "–" if idle else f(med(runs, "deliveries.lost")),
+                "–" if idle else f(med(runs, "deliveries.duplicates")),
+                f(statistics.median(closes)) if closes else "–",
+                f(med(runs, "rss_kib_per_connection"), 2),
+                len(runs),
+            )
+        )
+    # Reference points, as ratios to this run.
+    refs = []
+    bcast = [l for l in groups if l.startswith("bcast-2000-") and "coalesce" not in l]
+    if bcast:
+        best = min(
+            (med(groups[l], "node_cpu_us_per_delivery") or 1e9, l) for l in bcast
+        )
+        refs.append(
+            f"- Broadcast, 2,000 clients on one channel: Socket.IO {SOCKETIO_BCAST_US} µs per delivery; "
+            f"Herald {f(best[0], 2)} µs ({best[1]}): {SOCKETIO_BCAST_US / best[0]:.1f}× less CPU."
+        )
+    many = [l for l in groups if l.startswith("many-")]
+    if many:
+        for l in sorted(many, key=order):
+            v = med(groups[l], "node_cpu_us_per_delivery")
+            if v:
+                refs.append(
+                    f"- Many channels ({l}): Socket.IO {SOCKETIO_MANY_US} µs per delivery (2,000 clients, "
+                    f"1,000 channels, 2,000 publishes/s); Herald {f(v, 2)} µs: {SOCKETIO_MANY_US / v:.1f}× less CPU."
+                )
+    idle = [l for l in groups if l.startswith("idle-")]
+    for l in sorted(idle, key=order):
+        v = med(groups[l], "rss_kib_per_connection")
+        if v:
+            refs.append(
+                f"- Idle ({l}): Socket.IO {SOCKETIO_IDLE_KIB} KiB RSS per connection; Herald {f(v, 2)} KiB: "
+                f"{SOCKETIO_IDLE_KIB / v:.1f}× less memory (target ≤ 5 KiB)."
+            )
+    if c1:
+        for l in sorted(bcast + [x for x in groups if x.startswith("bcast-") and x not in bcast], key=order):
+            v = med(groups[l], "node_cpu_us_per_delivery")
+            if v:
+                refs.append(
+                    f"- {l}: {v / c1:.2f}× the 1-frame-per-write ceiling, {v / c16:.2f}× the 16-frames-per-write ceiling "
+                    f"(target ≤ 1.2× the former)."
+                )
+    if refs:
+        lines.append("")
+        lines.extend(refs)
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    if len(sys.argv) < 2:
+        print(__doc__)
+        sys.exit(2)
+    directory = sys.argv[1]
+    groups = load(directory)
+    text = f"Run: `{directory}`\n\n" + table(groups)
+    if len(sys.argv) >= 4 and sys.argv[2] == "--write-docs":
+        doc = sys.argv[3]
+        with open(doc) as fh:
+            content = fh.read()
+        if BEGIN not in content or END not in content:
+            sys.exit(f"{doc}: no {BEGIN} … {END} section")
+        head, rest = content.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        with open(doc, "w") as fh:
+            fh.write(head + BEGIN + "\n" + text + END + tail)
+    else:
+        sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()
