@@ -225,10 +225,11 @@ impl Hub {
                     since: Some(since),
                 }) {
                     Pushed::Queued => out.queued += 1,
-                    Pushed::Dropped => {
+                    Pushed::Overflowed => {
                         out.dropped += 1;
                         self.metrics.slow_consumer_closes.increment(1);
                     }
+                    Pushed::Dropped => out.dropped += 1,
                     Pushed::Gone => {}
                 },
                 Route::Buffer(buffer) => {

@@ -90,7 +90,7 @@ fn validate_one(
     let rule = match (&src.channel, &src.channel_field) {
         (Some(t), None) => {
             super::entry::check_template(t).map_err(|m| err("channel", m))?;
-            let probe = t.replace(|c| c == '{' || c == '}', "");
+            let probe = t.replace(['{', '}'], "");
             if config.namespaces.for_channel(&probe).is_none() {
                 return Err(err(
                     "channel",

@@ -99,7 +99,9 @@ impl Control {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
     Queued,
-    /// The queue was full: the connection is now closing with 4008.
+    /// The queue was full and this push closed the connection with 4008.
+    Overflowed,
+    /// Not queued: the connection is already closing (or its queue is full).
     Dropped,
     /// The connection is already gone.
     Gone,
@@ -133,8 +135,11 @@ impl Outbox {
         match self.tx.try_send(out) {
             Ok(()) => Pushed::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.control.close(CloseReason::SlowConsumer);
-                Pushed::Dropped
+                if self.control.close(CloseReason::SlowConsumer) {
+                    Pushed::Overflowed
+                } else {
+                    Pushed::Dropped
+                }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Pushed::Gone,
         }
@@ -169,6 +174,29 @@ impl Outbox {
     }
 }
 
+/// Feeds `first` and whatever else is queued (up to a bound), then flushes once.
+async fn write_batch<S>(
+    sink: &mut S,
+    first: Message,
+    rx: &mut mpsc::Receiver<Outgoing>,
+) -> Result<(), ()>
+where
+    S: Sink<Message> + Unpin,
+{
+    sink.feed(first).await.map_err(|_| ())?;
+    let mut fed = 1;
+    while fed < MAX_FRAMES_PER_FLUSH {
+        match rx.try_recv() {
+            Ok(out) => {
+                sink.feed(out.msg).await.map_err(|_| ())?;
+                fed += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    sink.flush().await.map_err(|_| ())
+}
+
 /// Drains the queue into the socket until the connection closes, then sends the close
 /// frame that [`Control`] asks for.
 pub async fn run_writer<S>(
@@ -198,24 +226,13 @@ pub async fn run_writer<S>(
                 .delivery_latency
                 .record(since.elapsed().as_secs_f64());
         }
-        if sink.feed(first.msg).await.is_err() {
-            control.abort();
-            return;
-        }
-        let mut fed = 1;
-        while fed < MAX_FRAMES_PER_FLUSH {
-            match rx.try_recv() {
-                Ok(out) => {
-                    if sink.feed(out.msg).await.is_err() {
-                        control.abort();
-                        return;
-                    }
-                    fed += 1;
-                }
-                Err(_) => break,
-            }
-        }
-        if sink.flush().await.is_err() {
+        // A client that stopped reading blocks the write; a close request must still
+        // get through, so the write races it (the close then gets its own deadline).
+        let written = tokio::select! {
+            r = write_batch(&mut sink, first.msg, &mut rx) => r,
+            _ = control.closed() => Ok(()),
+        };
+        if written.is_err() {
             control.abort();
             return;
         }
@@ -262,7 +279,8 @@ mod tests {
         let (outbox, _rx, control) = Outbox::new(2);
         assert_eq!(outbox.push(text("a")), Pushed::Queued);
         assert_eq!(outbox.push(text("b")), Pushed::Queued);
-        assert_eq!(outbox.push(text("c")), Pushed::Dropped);
+        assert_eq!(outbox.push(text("c")), Pushed::Overflowed);
+        assert_eq!(outbox.push(text("d")), Pushed::Dropped);
         assert!(control.is_closing());
         assert_eq!(control.reason(), Some(CloseReason::SlowConsumer));
     }

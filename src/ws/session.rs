@@ -80,9 +80,10 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, identity: Identity) {
     };
     session.read_loop(&mut stream).await;
     session.leave_all().await;
-    state.unregister_session(id);
     drop(session);
+    // Counted until the socket is really done (the writer has a close deadline).
     let _ = writer.await;
+    state.unregister_session(id);
 }
 
 /// A session name unique across the fleet: random, not guessable from the node.

@@ -242,6 +242,8 @@ pub struct Client {
     pub welcome: Value,
     pending: VecDeque<Value>,
     next_id: u64,
+    /// The connection ended: its close was reported once; reads now return None.
+    ended: bool,
 }
 
 /// How a connection ended.
@@ -282,6 +284,7 @@ impl Client {
             welcome,
             pending: VecDeque::new(),
             next_id: 1,
+            ended: false,
         })
     }
 
@@ -367,6 +370,9 @@ impl Client {
     }
 
     async fn read_frame(&mut self, deadline: tokio::time::Instant) -> Option<Value> {
+        if self.ended {
+            return None;
+        }
         loop {
             match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Err(_) => return None,
@@ -374,6 +380,7 @@ impl Client {
                     return Some(serde_json::from_str(&t).expect("json frame"));
                 }
                 Ok(Some(Ok(Message::Close(f)))) => {
+                    self.ended = true;
                     return Some(json!({"type": "closed", "code": f.map(|f| u16::from(f.code))}));
                 }
                 Ok(Some(Ok(_))) => continue,
