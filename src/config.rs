@@ -43,7 +43,12 @@ pub struct Flags {
     #[arg(long, env = "HERALD_PREFIX", value_name = "P")]
     pub prefix: Option<String>,
     /// Allow a non-loopback listen address without API keys and a JWT key.
-    #[arg(long, env = "HERALD_INSECURE")]
+    #[arg(
+        long,
+        env = "HERALD_INSECURE",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub insecure: bool,
     /// Log format: json or text.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_name = "json|text")]

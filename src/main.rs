@@ -41,10 +41,15 @@ fn main() -> ExitCode {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     if config.insecure && !config.listen.ip().is_loopback() {
-        tracing::warn!(
-            "--insecure: serving on {} without API keys or token checks",
-            config.listen
-        );
+        // Loudly, and again every hour, so that nobody forgets it in production.
+        let listen = config.listen;
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                every.tick().await;
+                tracing::warn!(%listen, "--insecure: serving a public address without requiring API keys and a JWT key");
+            }
+        });
     }
     let node = Node::start(config).await?;
     tracing::info!(
