@@ -21,6 +21,7 @@ END = "<!-- results:end -->"
 SOCKETIO_BCAST_US = 13.0
 SOCKETIO_MANY_US = 136.0
 SOCKETIO_IDLE_KIB = 16.0
+P99_LIMIT_US = 50_000
 
 
 def load(directory):
@@ -96,9 +97,9 @@ def table(groups):
     lines.append(
         "| scenario | conns | chans | publishes/s asked → done | deliveries/s | p50 ms | p99 ms | p99.9 ms "
         "| node CPU µs/delivery | × ceiling (1/write) | node cores | load tool cores | redis µs/delivery "
-        "| lost | dup | closes | RSS KiB/conn | runs |"
+        "| lost | dup | closes | RSS KiB/conn | load avg | runs |"
     )
-    lines.append("|" + "---|" * 18)
+    lines.append("|" + "---|" * 19)
     for label in sorted(groups, key=order):
         if label == "ceiling":
             continue
@@ -124,7 +125,7 @@ def table(groups):
         done = med(runs, "publish.per_sec")
         idle = rate in (None, 0)
         lines.append(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
                 label,
                 f(med(runs, "scenario.connections")),
                 f(med(runs, "scenario.channels")),
@@ -142,11 +143,34 @@ def table(groups):
                 "–" if idle else f(med(runs, "deliveries.duplicates")),
                 f(statistics.median(closes)) if closes else "–",
                 f(med(runs, "rss_kib_per_connection"), 2),
+                f(med(runs, "loadavg.start"), 1),
                 len(runs),
             )
         )
     # Reference points, as ratios to this run.
     refs = []
+    sizes = sorted({int(l.split("-")[1]) for l in groups if l.startswith("bcast-") and "coalesce" not in l})
+    for n in sizes:
+        steps = [l for l in groups if l.startswith(f"bcast-{n}-r") and "coalesce" not in l]
+        clean = []
+        fast = []
+        for l in steps:
+            runs = groups[l]
+            closes = sum(sum((get(r, "deliveries.closes") or {}).values()) for r in runs)
+            if (med(runs, "deliveries.lost") or 0) == 0 and closes == 0:
+                dps = med(runs, "deliveries.per_sec") or 0
+                clean.append((dps, l))
+                if (med(runs, "latency_us.p99") or 1e12) <= P99_LIMIT_US:
+                    fast.append((dps, l))
+        best = max(clean) if clean else None
+        best_fast = max(fast) if fast else None
+        refs.append(
+            f"- Broadcast to {n:,}: most deliveries/s without loss or slow-consumer closes "
+            + (f"**{best[0]:,.0f}** ({best[1]})" if best else "none")
+            + f"; with p99 ≤ {P99_LIMIT_US / 1000:.0f} ms: "
+            + (f"**{best_fast[0]:,.0f}** ({best_fast[1]})" if best_fast else "none of the steps")
+            + "."
+        )
     bcast = [l for l in groups if l.startswith("bcast-2000-") and "coalesce" not in l]
     if bcast:
         best = min(
@@ -154,7 +178,7 @@ def table(groups):
         )
         refs.append(
             f"- Broadcast, 2,000 clients on one channel: Socket.IO {SOCKETIO_BCAST_US} µs per delivery; "
-            f"Herald {f(best[0], 2)} µs ({best[1]}): {SOCKETIO_BCAST_US / best[0]:.1f}× less CPU."
+            f"Herald {f(best[0], 2)} µs ({best[1]}); Socket.IO / Herald = {SOCKETIO_BCAST_US / best[0]:.2f}."
         )
     many = [l for l in groups if l.startswith("many-")]
     if many:
@@ -163,7 +187,7 @@ def table(groups):
             if v:
                 refs.append(
                     f"- Many channels ({l}): Socket.IO {SOCKETIO_MANY_US} µs per delivery (2,000 clients, "
-                    f"1,000 channels, 2,000 publishes/s); Herald {f(v, 2)} µs: {SOCKETIO_MANY_US / v:.1f}× less CPU."
+                    f"1,000 channels, 2,000 publishes/s); Herald {f(v, 2)} µs; Socket.IO / Herald = {SOCKETIO_MANY_US / v:.2f}."
                 )
     idle = [l for l in groups if l.startswith("idle-")]
     for l in sorted(idle, key=order):
@@ -171,7 +195,7 @@ def table(groups):
         if v:
             refs.append(
                 f"- Idle ({l}): Socket.IO {SOCKETIO_IDLE_KIB} KiB RSS per connection; Herald {f(v, 2)} KiB: "
-                f"{SOCKETIO_IDLE_KIB / v:.1f}× less memory (target ≤ 5 KiB)."
+                f"Socket.IO / Herald = {SOCKETIO_IDLE_KIB / v:.2f} (target ≤ 5 KiB)."
             )
     if c1:
         for l in sorted(bcast + [x for x in groups if x.startswith("bcast-") and x not in bcast], key=order):

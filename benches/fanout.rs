@@ -109,7 +109,10 @@ fn hub_dispatch_one_of_many(bencher: Bencher, channels: usize) {
     let names: Vec<String> = (0..channels).map(|i| format!("bench:{i}")).collect();
     for (i, name) in names.iter().enumerate() {
         let (outbox, rx, _control) = Outbox::new(64);
-        hub.add(&Arc::from(name.as_str()), Subscriber::live(i as u64, outbox));
+        hub.add(
+            &Arc::from(name.as_str()),
+            Subscriber::live(i as u64, outbox),
+        );
         receivers.push(rx);
     }
     let frame = Utf8Bytes::try_from(message_frame("bench:0", &data(), None)).expect("utf-8");

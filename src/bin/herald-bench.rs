@@ -733,6 +733,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
     };
 
     // ---- connect and subscribe
+    let loadavg_start = loadavg();
     let before_connect = sample(&pids);
     let tool_cpu_start = procfs::cpu_secs("self");
     let connect_start = Instant::now();
@@ -1010,6 +1011,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
             "mean": if lat.is_empty() { Value::Null } else { json!(lat.mean()) },
         },
         "window_s": window_secs,
+        "loadavg": {"start": loadavg_start, "end": loadavg()},
         "drain_s": drain_secs,
         "node_cpu_s": if cpu_known { json!(node_cpu_total) } else { Value::Null },
         "node_cpu_us_per_delivery": if cpu_known && received > 0 { json!(node_cpu_total * 1e6 / received as f64) } else { Value::Null },
@@ -1026,6 +1028,16 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         },
     });
     Ok(report)
+}
+
+/// The 1-minute load average (how busy the shared machine was).
+fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Deliveries expected for what has been acknowledged (or sent) so far.
@@ -1129,6 +1141,14 @@ fn table(r: &Value) -> String {
             fmt(&r["tool"]["cores_window"]),
         ),
         ("closes", r["deliveries"]["closes"].to_string()),
+        (
+            "machine load average, start / end",
+            format!(
+                "{} / {}",
+                fmt(&r["loadavg"]["start"]),
+                fmt(&r["loadavg"]["end"])
+            ),
+        ),
     ];
     let width = rows
         .iter()
