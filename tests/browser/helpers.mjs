@@ -60,6 +60,11 @@ function startChild(name, cmd, args, opts = {}) {
   };
   child.stdout.on('data', keep);
   child.stderr.on('data', keep);
+  // Children must not keep the test process alive: if a test fails without cleaning up,
+  // the process still ends, and its 'exit' handler SIGKILLs them.
+  child.unref();
+  child.stdout.unref();
+  child.stderr.unref();
   child.once('exit', () => { children.delete(child); log.end(); });
   child.logTail = () => tail;
   child.logPath = logPath;
