@@ -194,31 +194,56 @@ impl Hub {
         seq: Option<(u64, &str)>,
         since: Instant,
     ) -> Fanout {
-        let mut out = Fanout::default();
-        let Some(mut entry) = self.channels.get_mut(channel) else {
-            return out;
+        let Some((off, epoch)) = seq else {
+            // Plain frames change no channel state: a shared guard lets fan-outs of
+            // channels in the same shard run side by side.
+            let Some(entry) = self.channels.get(channel) else {
+                return Fanout::default();
+            };
+            let out = self.fan_out(&entry, frame, None, since);
+            drop(entry);
+            return self.count(out);
         };
-        if let Some((off, epoch)) = seq {
-            match &entry.position {
-                Some((e, last)) if &**e == epoch => {
-                    if off <= *last {
-                        return out;
-                    }
-                    if off > *last + 1 {
-                        out.gap = true;
-                        return out;
-                    }
+        let Some(mut entry) = self.channels.get_mut(channel) else {
+            return Fanout::default();
+        };
+        match &entry.position {
+            Some((e, last)) if &**e == epoch => {
+                if off <= *last {
+                    return Fanout::default();
                 }
-                Some(_) => {
-                    out.gap = true;
-                    return out;
+                if off > *last + 1 {
+                    return Fanout {
+                        gap: true,
+                        ..Fanout::default()
+                    };
                 }
-                None => {}
             }
-            entry.position = Some((epoch.into(), off));
+            Some(_) => {
+                return Fanout {
+                    gap: true,
+                    ..Fanout::default()
+                };
+            }
+            None => {}
         }
-        // Held across a loop of non-blocking `try_send`s only: no await, no other map.
-        for sub in &entry.subscribers {
+        entry.position = Some((epoch.into(), off));
+        let out = self.fan_out(&entry, frame, Some(off), since);
+        drop(entry);
+        self.count(out)
+    }
+
+    /// The loop of non-blocking `try_send`s; the caller holds the channel's guard
+    /// across it, and across nothing else (no await, no other map).
+    fn fan_out(
+        &self,
+        state: &ChannelState,
+        frame: &Utf8Bytes,
+        offset: Option<u64>,
+        since: Instant,
+    ) -> Fanout {
+        let mut out = Fanout::default();
+        for sub in &state.subscribers {
             match &sub.route {
                 Route::Live => match sub.outbox.push(Outgoing {
                     msg: Message::Text(frame.clone()),
@@ -235,7 +260,7 @@ impl Hub {
                 Route::Buffer(buffer) => {
                     let mut b = buffer.lock().unwrap_or_else(|p| p.into_inner());
                     if b.frames.len() < b.limit {
-                        b.frames.push((seq.map(|(o, _)| o), frame.clone()));
+                        b.frames.push((offset, frame.clone()));
                         out.queued += 1;
                     } else {
                         b.overflowed = true;
@@ -244,7 +269,10 @@ impl Hub {
                 }
             }
         }
-        drop(entry);
+        out
+    }
+
+    fn count(&self, out: Fanout) -> Fanout {
         self.metrics.delivered.increment(out.queued);
         if out.dropped > 0 {
             self.metrics.dropped.increment(out.dropped);
