@@ -360,15 +360,40 @@ async fn slow_consumer_recovers_without_loss() {
             }
         }
     }
-    // Far more than the socket buffers of loopback TCP can absorb.
-    let big = "x".repeat(16_000);
-    for i in 1..=2000 {
-        publish_http(
-            a.addr,
-            json!({"channel": "news:slow", "data": {"i": i, "pad": big}}),
-        )
-        .await;
-    }
+    // Far more than the socket buffers of loopback TCP can absorb, published while
+    // the client does not read. The node gives the 4008 close frame a few seconds
+    // before it drops the connection, so the client resumes reading once the node
+    // reports the cut-off.
+    let addr = a.addr;
+    let publisher = tokio::spawn(async move {
+        let big = "x".repeat(16_000);
+        for i in 1..=2000 {
+            publish_http(
+                addr,
+                json!({"channel": "news:slow", "data": {"i": i, "pad": big}}),
+            )
+            .await;
+        }
+    });
+    let closes = || async move {
+        let text = http()
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with("herald_slow_consumer_closes_total"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        eventually(Duration::from_secs(60), || async { closes().await >= 1.0 }).await,
+        "never cut off"
+    );
     // Now read: frames, then the 4008 close.
     let mut last = 0;
     let mut code = None;
@@ -393,6 +418,7 @@ async fn slow_consumer_recovers_without_loss() {
         Some(4008),
         "a client that stopped reading is closed as a slow consumer"
     );
+    publisher.await.unwrap();
     assert!(last < 2000);
     let mut c = Client::connect(a.addr).await;
     let r = recover(&mut c, "news:slow", &epoch, last).await;
