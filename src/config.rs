@@ -285,6 +285,8 @@ pub struct Config {
     /// How long a node stays subscribed to a channel after its last local subscriber
     /// left, so that churn (leave and rejoin) costs no Redis round trips.
     pub unsubscribe_grace: Duration,
+    /// An HTTP request not answered within this gets 408.
+    pub http_timeout: Duration,
 }
 
 impl Default for Config {
@@ -305,6 +307,7 @@ impl Default for Config {
             namespaces: Namespaces::Developer(Namespace::open()),
             ingest: Vec::new(),
             unsubscribe_grace: Duration::from_secs(2),
+            http_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -351,6 +354,7 @@ struct ServerSection {
     static_dir: Option<PathBuf>,
     write_coalesce: Option<String>,
     unsubscribe_grace: Option<String>,
+    http_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -497,6 +501,9 @@ impl Config {
                     "must be at most 100ms",
                 ));
             }
+        }
+        if let Some(v) = &file.server.http_timeout {
+            cfg.http_timeout = positive(parse_duration(v), f, "server.http_timeout")?;
         }
         if let Some(v) = &file.server.unsubscribe_grace {
             cfg.unsubscribe_grace = parse_duration(v)

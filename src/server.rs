@@ -33,9 +33,6 @@ use crate::tokens::Tokens;
 use crate::ws::outbox::Control;
 use crate::ws::upgrade::{ConnectionRate, ws_handler};
 
-/// How long an HTTP request may take before it is answered 408.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -255,7 +252,7 @@ fn router(state: Arc<AppState>) -> Router {
         .fallback_service(ServeDir::new(&state.config.static_dir))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
-            HTTP_TIMEOUT,
+            state.config.http_timeout,
         ));
     let origins: Vec<HeaderValue> = state
         .config
