@@ -41,6 +41,15 @@ batch = 50
 start = "0"
 "#;
 
+/// The configuration without its ingest source (a node that only watches).
+fn without_ingest() -> String {
+    CONFIG
+        .split("[[ingest]]")
+        .next()
+        .unwrap_or(CONFIG)
+        .to_string()
+}
+
 fn unordered_config() -> String {
     CONFIG.replace("start = \"0\"", "start = \"0\"\nordered = false")
 }
@@ -62,12 +71,7 @@ async fn idempotent_publish_redis_and_memory() {
         let toml = if redis.is_some() {
             CONFIG.to_string()
         } else {
-            CONFIG
-                .replace("[[ingest]]", "[[nothing]]")
-                .split("[[nothing]]")
-                .next()
-                .unwrap()
-                .to_string()
+            without_ingest()
         };
         let a = start(config_from_toml(redis.as_ref(), "a", &toml)).await;
         let mut sub = Client::connect(a.addr).await;
@@ -520,17 +524,7 @@ async fn ingest_crash_between_publish_and_ack_publishes_once() {
     let file = dir.join("herald.toml");
     std::fs::write(&file, CONFIG).unwrap();
     let url = redis.url();
-    let watcher_node = start(config_from_toml(
-        Some(&redis),
-        "watch",
-        &CONFIG
-            .replace("[[ingest]]", "[[nothing]]")
-            .split("[[nothing]]")
-            .next()
-            .unwrap()
-            .to_string(),
-    ))
-    .await;
+    let watcher_node = start(config_from_toml(Some(&redis), "watch", &without_ingest())).await;
     let mut watcher = Client::connect(watcher_node.addr).await;
     watcher.subscribe("orders:4").await;
 
