@@ -167,12 +167,15 @@ struct Shared {
     pub_errors: Mutex<BTreeMap<String, u64>>,
     last_delivery_ns: AtomicU64,
     /// Per-thread histograms: (delivery latency, publish acknowledgement).
-    hists: Mutex<Vec<Arc<Mutex<(Hist, Hist)>>>>,
+    hists: Mutex<Vec<SharedHists>>,
     stop_clients: AtomicBool,
 }
 
+/// One thread's pair of histograms: (delivery latency, publish acknowledgement).
+type SharedHists = Arc<Mutex<(Hist, Hist)>>;
+
 thread_local! {
-    static LOCAL_HIST: RefCell<Option<Arc<Mutex<(Hist, Hist)>>>> = const { RefCell::new(None) };
+    static LOCAL_HIST: RefCell<Option<SharedHists>> = const { RefCell::new(None) };
 }
 
 impl Shared {
@@ -768,13 +771,12 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
     // ---- publish
     let mut publish_secs = 0.0;
     let mut drain_secs = 0.0;
-    let window_start_ns;
     let metrics_before = scrape_metrics(&args.nodes).await;
     let pub_before = sample(&pids);
     let aux_before = sample(&aux_pids);
     let tool_before = procfs::cpu_secs("self");
     let window_start = Instant::now();
-    window_start_ns = sh.now_ns();
+    let window_start_ns = sh.now_ns();
     if total_pubs > 0 {
         *phase.lock().unwrap() = "publish";
         // Queues: per node, per way of publishing.
