@@ -205,6 +205,7 @@ pub fn start(
             release: Script::from_lua(LEASE_RELEASE_LUA),
             abort_after,
             published: 0,
+            acks: Default::default(),
         };
         tokio::spawn(reader.run(shutdown.clone()));
     }
@@ -221,6 +222,8 @@ struct Reader {
     metrics: SourceMetrics,
     abort_after: Option<u64>,
     published: u64,
+    /// Entries done but not yet acknowledged (flushed per batch and after each step).
+    acks: std::sync::Mutex<Vec<String>>,
 }
 
 fn cmd(name: &'static str, key_at: usize, blocking: bool) -> CustomCommand {
@@ -286,7 +289,11 @@ impl Reader {
                 }
                 Ok::<bool, StepError>(clean)
             };
-            match step.await {
+            let step = step.await;
+            if let Err(e) = self.flush_acks().await {
+                tracing::warn!(stream = %self.spec.stream, error = %e, "acknowledgements failed; entries will be processed again");
+            }
+            match step {
                 Ok(true) => {}
                 Ok(false) => {
                     pause(
@@ -581,14 +588,31 @@ impl Reader {
         Ok(count.unwrap_or(1))
     }
 
+    /// Marks an entry done. Acknowledgements go out in one `XACK` per batch; an
+    /// entry published but not yet acknowledged when the node stops is processed again
+    /// and recognised by its idempotency key.
     async fn ack(&self, id: &str) -> Result<(), StepError> {
-        let _: Value = self
-            .client
-            .custom(
-                cmd("XACK", 0, false),
-                vec![self.spec.stream.as_str(), self.spec.group.as_str(), id],
-            )
-            .await?;
+        let full = {
+            let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+            acks.push(id.to_string());
+            acks.len() >= self.spec.batch as usize
+        };
+        if full {
+            self.flush_acks().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_acks(&self) -> Result<(), StepError> {
+        let ids = std::mem::take(&mut *self.acks.lock().unwrap_or_else(|p| p.into_inner()));
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut args = Vec::with_capacity(ids.len() + 2);
+        args.push(self.spec.stream.clone());
+        args.push(self.spec.group.clone());
+        args.extend(ids);
+        let _: Value = self.client.custom(cmd("XACK", 0, false), args).await?;
         Ok(())
     }
 
