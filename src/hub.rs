@@ -31,7 +31,8 @@ enum Route {
 /// Live frames that arrived during a recovery. Bounded by the outbox size: a burst
 /// larger than that during one recovery is treated like a slow consumer (4008).
 pub struct RecoveryBuffer {
-    pub frames: Vec<(Option<u64>, Utf8Bytes)>,
+    /// Each frame with its durable offset and epoch.
+    pub frames: Vec<(Option<(u64, Arc<str>)>, Utf8Bytes)>,
     pub overflowed: bool,
     limit: usize,
 }
@@ -42,6 +43,11 @@ pub struct Subscriber {
     pub session: SessionId,
     pub outbox: Outbox,
     route: Route,
+    /// Durable channels: the epoch and the last offset this subscriber has (from its
+    /// history or live frames). Frames at or below it are skipped; a frame beyond the
+    /// next offset, or from another epoch, is a gap this subscriber cannot see filled,
+    /// so it is closed with 4008 and recovers.
+    seq: Option<(Arc<str>, u64)>,
 }
 
 impl Subscriber {
@@ -50,6 +56,7 @@ impl Subscriber {
             session,
             outbox,
             route: Route::Live,
+            seq: None,
         }
     }
 
@@ -69,6 +76,7 @@ impl Subscriber {
                 session,
                 outbox,
                 route: Route::Buffer(buffer.clone()),
+                seq: None,
             },
             buffer,
         )
@@ -183,10 +191,11 @@ impl Hub {
 
     /// Fans one frame out to every local subscriber of `channel`.
     ///
-    /// `seq` is a durable frame's offset and epoch. A frame at or below the last
-    /// delivered offset is a duplicate (a gap fill raced the live path) and skipped; a
-    /// frame that skips offsets, or comes from another epoch, is held back and reported
-    /// as a gap, so that the gap filler delivers it in order from history.
+    /// `seq` is a durable frame's offset and epoch. The channel's position on this node
+    /// moves only with frames actually fanned out: a frame at or below it is a
+    /// duplicate (a gap fill raced the live path) and skipped; a frame that skips
+    /// offsets, or comes from another epoch, is held back and reported as a gap, so
+    /// that the gap filler delivers it in order from history.
     pub fn dispatch(
         &self,
         channel: &str,
@@ -200,7 +209,7 @@ impl Hub {
             let Some(entry) = self.channels.get(channel) else {
                 return Fanout::default();
             };
-            let out = self.fan_out(&entry, frame, None, since);
+            let out = self.fan_out_plain(&entry, frame, since);
             drop(entry);
             return self.count(out);
         };
@@ -227,49 +236,74 @@ impl Hub {
             }
             None => {}
         }
-        entry.position = Some((epoch.into(), off));
-        let out = self.fan_out(&entry, frame, Some(off), since);
+        let epoch: Arc<str> = epoch.into();
+        entry.position = Some((epoch.clone(), off));
+        let out = self.fan_out_durable(&mut entry, frame, off, &epoch, since);
         drop(entry);
         self.count(out)
     }
 
     /// The loop of non-blocking `try_send`s; the caller holds the channel's guard
     /// across it, and across nothing else (no await, no other map).
-    fn fan_out(
-        &self,
-        state: &ChannelState,
-        frame: &Utf8Bytes,
-        offset: Option<u64>,
-        since: Instant,
-    ) -> Fanout {
+    fn fan_out_plain(&self, state: &ChannelState, frame: &Utf8Bytes, since: Instant) -> Fanout {
         let mut out = Fanout::default();
         for sub in &state.subscribers {
             match &sub.route {
-                Route::Live => match sub.outbox.push(Outgoing {
-                    msg: Message::Text(frame.clone()),
-                    since: Some(since),
-                }) {
-                    Pushed::Queued => out.queued += 1,
-                    Pushed::Overflowed => {
-                        out.dropped += 1;
-                        self.metrics.slow_consumer_closes.increment(1);
-                    }
-                    Pushed::Dropped => out.dropped += 1,
-                    Pushed::Gone => {}
+                Route::Live => self.push(sub, frame, since, &mut out),
+                Route::Buffer(buffer) => buffer_frame(buffer, None, frame, &mut out),
+            }
+        }
+        out
+    }
+
+    /// As [`Hub::fan_out_plain`], keeping each subscriber's own sequence.
+    fn fan_out_durable(
+        &self,
+        state: &mut ChannelState,
+        frame: &Utf8Bytes,
+        off: u64,
+        epoch: &Arc<str>,
+        since: Instant,
+    ) -> Fanout {
+        let mut out = Fanout::default();
+        for sub in &mut state.subscribers {
+            match &sub.route {
+                Route::Live => match next_in_sequence(&mut sub.seq, off, epoch) {
+                    Next::Deliver => self.push(sub, frame, since, &mut out),
+                    Next::Skip => {}
+                    Next::Gap => self.close_for_gap(sub),
                 },
                 Route::Buffer(buffer) => {
-                    let mut b = buffer.lock().unwrap_or_else(|p| p.into_inner());
-                    if b.frames.len() < b.limit {
-                        b.frames.push((offset, frame.clone()));
-                        out.queued += 1;
-                    } else {
-                        b.overflowed = true;
-                        out.dropped += 1;
-                    }
+                    buffer_frame(buffer, Some((off, epoch.clone())), frame, &mut out)
                 }
             }
         }
         out
+    }
+
+    fn push(&self, sub: &Subscriber, frame: &Utf8Bytes, since: Instant, out: &mut Fanout) {
+        match sub.outbox.push(Outgoing {
+            msg: Message::Text(frame.clone()),
+            since: Some(since),
+        }) {
+            Pushed::Queued => out.queued += 1,
+            Pushed::Overflowed => {
+                out.dropped += 1;
+                self.metrics.slow_consumer_closes.increment(1);
+            }
+            Pushed::Dropped => out.dropped += 1,
+            Pushed::Gone => {}
+        }
+    }
+
+    fn close_for_gap(&self, sub: &Subscriber) {
+        if sub
+            .outbox
+            .control()
+            .close(crate::error::CloseReason::SlowConsumer)
+        {
+            self.metrics.gap_closes.increment(1);
+        }
     }
 
     fn count(&self, out: Fanout) -> Fanout {
@@ -280,10 +314,11 @@ impl Hub {
         out
     }
 
-    /// Switches a recovering subscriber to live delivery, queueing the buffered frames
-    /// newer than `after_offset` first. It runs under the channel's write guard, so no
-    /// dispatch of this channel can slip a frame between the buffer and the queue.
-    pub fn go_live(&self, channel: &str, session: SessionId, after_offset: Option<u64>) -> GoLive {
+    /// Switches a recovering subscriber to live delivery. `from` is the epoch and last
+    /// offset it already has (its history, or the position it was answered); buffered
+    /// frames after it are queued first. It runs under the channel's write guard, so
+    /// no dispatch of this channel can slip a frame between the buffer and the queue.
+    pub fn go_live(&self, channel: &str, session: SessionId, from: Option<(&str, u64)>) -> GoLive {
         let Some(mut entry) = self.channels.get_mut(channel) else {
             return GoLive::Gone;
         };
@@ -293,6 +328,7 @@ impl Hub {
         let Route::Buffer(buffer) = std::mem::replace(&mut sub.route, Route::Live) else {
             return GoLive::Released(0);
         };
+        sub.seq = from.map(|(e, o)| (Arc::from(e), o));
         let buffer = std::mem::replace(
             &mut *buffer.lock().unwrap_or_else(|p| p.into_inner()),
             RecoveryBuffer {
@@ -308,11 +344,16 @@ impl Hub {
             return GoLive::Overflowed;
         }
         let mut released = 0;
-        for (offset, frame) in buffer.frames {
-            if let (Some(off), Some(after)) = (offset, after_offset)
-                && off <= after
-            {
-                continue;
+        for (seq, frame) in buffer.frames {
+            if let Some((off, epoch)) = &seq {
+                match next_in_sequence(&mut sub.seq, *off, epoch) {
+                    Next::Deliver => {}
+                    Next::Skip => continue,
+                    Next::Gap => {
+                        self.close_for_gap(sub);
+                        return GoLive::Overflowed;
+                    }
+                }
             }
             if sub.outbox.push(Outgoing::now(Message::Text(frame))) != Pushed::Queued {
                 return GoLive::Overflowed;
@@ -333,25 +374,56 @@ impl Hub {
         entry.subscribers.len()
     }
 
-    /// Records a durable position as known on this node (a subscribe read it), unless
-    /// the node already delivered further in the same epoch.
-    pub fn note_position(&self, channel: &str, epoch: &str, offset: u64) {
-        if let Some(mut e) = self.channels.get_mut(channel) {
-            let newer = match &e.position {
-                Some((known, last)) => &**known != epoch || offset > *last,
-                None => true,
-            };
-            if newer {
-                e.position = Some((epoch.into(), offset));
-            }
-        }
-    }
-
     /// Replaces the durable position (after its subscribers were closed for a gap).
     pub fn reset_position(&self, channel: &str, epoch: &str, offset: u64) {
         if let Some(mut e) = self.channels.get_mut(channel) {
             e.position = Some((epoch.into(), offset));
         }
+    }
+}
+
+/// What a subscriber does with a durable frame, given what it already has.
+enum Next {
+    Deliver,
+    Skip,
+    Gap,
+}
+
+fn next_in_sequence(seq: &mut Option<(Arc<str>, u64)>, off: u64, epoch: &Arc<str>) -> Next {
+    match seq {
+        Some((e, last)) if e == epoch => {
+            if off <= *last {
+                Next::Skip
+            } else if off == *last + 1 {
+                *last = off;
+                Next::Deliver
+            } else {
+                Next::Gap
+            }
+        }
+        Some(_) => Next::Gap,
+        None => {
+            *seq = Some((epoch.clone(), off));
+            Next::Deliver
+        }
+    }
+}
+
+/// Holds a frame for a subscriber that is reading history (bounded; see
+/// [`RecoveryBuffer`]).
+fn buffer_frame(
+    buffer: &std::sync::Mutex<RecoveryBuffer>,
+    seq: Option<(u64, Arc<str>)>,
+    frame: &Utf8Bytes,
+    out: &mut Fanout,
+) {
+    let mut b = buffer.lock().unwrap_or_else(|p| p.into_inner());
+    if b.frames.len() < b.limit {
+        b.frames.push((seq, frame.clone()));
+        out.queued += 1;
+    } else {
+        b.overflowed = true;
+        out.dropped += 1;
     }
 }
 
@@ -480,7 +552,7 @@ mod tests {
             );
         }
         assert!(ra.try_recv().is_err(), "nothing is live before go_live");
-        assert_eq!(hub.go_live("c", 1, Some(5)), GoLive::Released(2));
+        assert_eq!(hub.go_live("c", 1, Some(("e", 5))), GoLive::Released(2));
         assert_eq!(
             ra.try_recv().map(|o| o.msg).ok(),
             Some(Message::Text("6".into()))

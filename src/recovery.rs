@@ -92,9 +92,6 @@ pub async fn subscribe_durable(
         }
     };
 
-    state
-        .hub
-        .note_position(channel, &position.epoch, position.offset);
     if let Some((ns, entry)) = join
         && let Err(e) = state.presence.join(state, channel, ns, entry).await
     {
@@ -135,7 +132,10 @@ pub async fn subscribe_durable(
     outbox
         .wait_for_room(state.config.limits.outbox_messages / 2)
         .await;
-    match state.hub.go_live(channel, session, Some(sent)) {
+    match state
+        .hub
+        .go_live(channel, session, Some((&position.epoch, sent)))
+    {
         GoLive::Released(_) | GoLive::Gone => Ok(()),
         GoLive::Overflowed => {
             state.metrics.slow_consumer_closes.increment(1);

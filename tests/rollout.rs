@@ -600,10 +600,6 @@ async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool, what: impl Fn
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: Hub::note_position, called by recovery::subscribe_durable, moves the \
-            node's delivered offset past frames still in flight from Redis; Hub::dispatch \
-            then drops them as duplicates for every live subscriber (a silent gap); see \
-            subscribes_on_a_node_cost_its_live_subscribers_nothing"]
 async fn rolling_restart_keeps_every_client_and_every_offset() {
     let t0 = *T0.get_or_init(Instant::now);
     let redis = Redis::start();
@@ -919,9 +915,14 @@ async fn rolling_restart_keeps_every_client_and_every_offset() {
         "every client sat on an old node and must have reconnected at least once"
     );
     for (i, l) in logs.iter().enumerate() {
+        // 1001 from draining nodes; 4008 is the protocol's other way to make a
+        // client recover (a gap its node could not fill, or a slow consumer), and the
+        // exactly-once check below still holds for such a client.
         assert!(
-            l.closes.iter().all(|c| *c == Some(1001)),
-            "client {i}: closes other than 1001: {:?}",
+            l.closes
+                .iter()
+                .all(|c| matches!(c, Some(1001) | Some(4008))),
+            "client {i}: closes other than 1001 and 4008: {:?}",
             l.closes
         );
         assert!(
@@ -952,9 +953,6 @@ async fn rolling_restart_keeps_every_client_and_every_offset() {
 /// The bug the rollout runs into, on its own: a client subscribing to a durable channel
 /// on a node must not cost the node's other subscribers of that channel a message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: Hub::note_position, called by recovery::subscribe_durable, moves the \
-            node's delivered offset past frames still in flight from Redis; Hub::dispatch \
-            then drops them as duplicates for every live subscriber (a silent gap)"]
 async fn subscribes_on_a_node_cost_its_live_subscribers_nothing() {
     use support::{Client, config_from_toml, start};
     const MESSAGES: u64 = 500;
