@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Browser client and demo tests: Node unit tests (tests/js) and Playwright tests in Debian's
 # Chromium against real herald nodes and a throwaway redis-server (tests/browser).
-# Installs what is missing (chromium, redis-server via apt; npm ci; the release binary).
+# Installs what is missing (chromium, redis-server via apt; npm ci; the release binary and
+# the seat service example).
 # Never downloads a browser build of Playwright's own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,11 @@ PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
 if [ ! -x target/release/herald ]; then
   echo "browser-tests: building target/release/herald"
   cargo build --release
+fi
+# The seat-reservation service of the seat demo (tests/browser/seats.test.mjs).
+if [ ! -x target/release/examples/seats ]; then
+  echo "browser-tests: building target/release/examples/seats"
+  cargo build --release --example seats
 fi
 
 mkdir -p test-artifacts
