@@ -31,15 +31,23 @@ fi
 # The dependencies exactly as locked; playwright-core ships no browser download step.
 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
 
-if [ ! -x target/release/herald ]; then
-  echo "browser-tests: building target/release/herald"
-  cargo build --release
+# The binaries under test: the release builds by default; HERALD_BIN / SEATS_BIN
+# choose others (.ci/test uses the debug builds it has just made, saving a release
+# build on a fresh machine). Built here when missing, so that nothing is skipped.
+export HERALD_BIN="${HERALD_BIN:-target/release/herald}"
+export SEATS_BIN="${SEATS_BIN:-target/release/examples/seats}"
+profile_flag() { case "$1" in *release*) echo "--release" ;; *) echo "" ;; esac; }
+if [ ! -x "$HERALD_BIN" ]; then
+  echo "browser-tests: building $HERALD_BIN"
+  cargo build $(profile_flag "$HERALD_BIN") --bin herald
 fi
-# The seat-reservation service of the seat demo (tests/browser/seats.test.mjs).
-if [ ! -x target/release/examples/seats ]; then
-  echo "browser-tests: building target/release/examples/seats"
-  cargo build --release --example seats
+if [ ! -x "$SEATS_BIN" ]; then
+  echo "browser-tests: building $SEATS_BIN"
+  cargo build $(profile_flag "$SEATS_BIN") --example seats
 fi
+HERALD_BIN="$(realpath "$HERALD_BIN")"
+SEATS_BIN="$(realpath "$SEATS_BIN")"
+export HERALD_BIN SEATS_BIN
 
 mkdir -p test-artifacts
 node --test tests/js/
