@@ -18,6 +18,9 @@ use crate::ws::outbox::{Outbox, Outgoing, Pushed};
 /// A node-local session number (the public session name is derived from it).
 pub type SessionId = u64;
 
+/// A durable frame's offset and epoch.
+pub type Seq = (u64, Arc<str>);
+
 /// Where a subscriber's frames go right now.
 #[derive(Clone)]
 enum Route {
@@ -32,7 +35,7 @@ enum Route {
 /// larger than that during one recovery is treated like a slow consumer (4008).
 pub struct RecoveryBuffer {
     /// Each frame with its durable offset and epoch.
-    pub frames: Vec<(Option<(u64, Arc<str>)>, Utf8Bytes)>,
+    pub frames: Vec<(Option<Seq>, Utf8Bytes)>,
     pub overflowed: bool,
     limit: usize,
 }
@@ -413,7 +416,7 @@ fn next_in_sequence(seq: &mut Option<(Arc<str>, u64)>, off: u64, epoch: &Arc<str
 /// [`RecoveryBuffer`]).
 fn buffer_frame(
     buffer: &std::sync::Mutex<RecoveryBuffer>,
-    seq: Option<(u64, Arc<str>)>,
+    seq: Option<Seq>,
     frame: &Utf8Bytes,
     out: &mut Fanout,
 ) {
