@@ -207,9 +207,9 @@ impl Hub {
         since: Instant,
     ) -> Fanout {
         let Some((off, epoch)) = seq else {
-            // Plain frames change no channel state: a shared guard lets fan-outs of
-            // channels in the same shard run side by side.
-            let Some(entry) = self.channels.get(channel) else {
+            // The exclusive guard also orders concurrent fan-outs of one channel (the
+            // memory engine publishes from many tasks): every subscriber sees one order.
+            let Some(entry) = self.channels.get_mut(channel) else {
                 return Fanout::default();
             };
             let out = self.fan_out_plain(&entry, frame, since);
