@@ -124,6 +124,7 @@ echo "redis-server pid $REDIS_PID on 127.0.0.1:$REDIS_PORT" | tee -a "$LOG"
 # ---- nodes --------------------------------------------------------------------------
 NODE_PIDS=()
 NODE_ADDRS=()
+NODE_CONFIG=$CONFIG
 start_nodes() { # COUNT CONFIG
   local count=$1 config=$2 i port pid
   NODE_PIDS=()
@@ -172,15 +173,20 @@ next_sources() {
   echo "127.0.$((SRC_SEQ / 125 + 10)).$a,127.0.$((SRC_SEQ / 125 + 10)).$((a + 1))"
 }
 
+# Runs herald-bench REPEAT times, each against fresh nodes (NODES of CONFIG), so that
+# RSS deltas, backlogs and caches of one run never leak into the next.
+NODES=2
 bench() { # LABEL, then herald-bench arguments
   local label=$1 rep
   shift
   for rep in $(seq "$REPEAT"); do
+    start_nodes "$NODES" "$NODE_CONFIG"
     echo "== $label (run $rep/$REPEAT)" | tee -a "$LOG"
     "$BENCH" --label "$label" --nodes "$(join "${NODE_ADDRS[@]}")" \
       --pids "$(join "${NODE_PIDS[@]}")" --aux-pids "redis=$REDIS_PID" \
       --source-ips "$(next_sources)" --threads "$TOOL_THREADS" \
       --json "$OUT/$label.$rep.json" "$@" 2>>"$OUT/$label.$rep.progress" | tee -a "$LOG"
+    stop_nodes
   done
 }
 
@@ -202,9 +208,7 @@ for scenario in $SCENARIOS; do
     ;;
   idle)
     for n in $IDLE_SIZES; do
-      start_nodes 1 "$CONFIG"
-      bench "idle-$n" -n "$n" --channels "$n" --rate 0 --idle "$IDLE_WAIT"
-      stop_nodes
+      NODES=1 NODE_CONFIG=$CONFIG bench "idle-$n" -n "$n" --channels "$n" --rate 0 --idle "$IDLE_WAIT"
     done
     if [[ $IDLE_MULTI -gt 0 ]]; then
       # N over 3 nodes, from 3 load-tool processes (each below the open-file limit).
@@ -257,12 +261,9 @@ for scenario in $SCENARIOS; do
       rates_var=BCAST_RATES_$n
       rates=${!rates_var:-"5 10 20"}
       for rate in $rates; do
-        # Fresh nodes per step: no backlog or freed memory of the previous step.
-        start_nodes 2 "$CONFIG"
         label="bcast-$n-r$rate"
-        bench "$label" -n "$n" --channels 1 --rate "$rate" --duration "$DURATION" --drain "$DRAIN" \
-          --publishers 16
-        stop_nodes
+        NODES=2 NODE_CONFIG=$CONFIG bench "$label" -n "$n" --channels 1 --rate "$rate" \
+          --duration "$DURATION" --drain "$DRAIN" --publishers 16
         p99=$(median_of "$label" '.latency_us.p99')
         lost=$(median_of "$label" '.deliveries.lost')
         closes=$(median_of "$label" '(.deliveries.closes | to_entries | map(.value) | add)')
@@ -278,25 +279,22 @@ for scenario in $SCENARIOS; do
   coalesce)
     cfg="$OUT/bench-coalesce.toml"
     sed "s/^ping_interval = .*/&\nwrite_coalesce = \"$COALESCE\"/" "$CONFIG" >"$cfg"
-    start_nodes 2 "$cfg"
-    bench "bcast-$COALESCE_N-r$COALESCE_RATE-coalesce$COALESCE" -n "$COALESCE_N" --channels 1 \
-      --rate "$COALESCE_RATE" --duration "$DURATION" --drain "$DRAIN"
-    stop_nodes
+    NODES=2 NODE_CONFIG=$cfg bench "bcast-$COALESCE_N-r$COALESCE_RATE-coalesce$COALESCE" \
+      -n "$COALESCE_N" --channels 1 --rate "$COALESCE_RATE" --duration "$DURATION" \
+      --drain "$DRAIN" --publishers 16
     ;;
   many)
     for rate in $MANY_RATES; do
-      start_nodes 2 "$CONFIG"
-      bench "many-$MANY_N-$MANY_K-r$rate" -n "$MANY_N" --channels "$MANY_K" --rate "$rate" \
-        --duration "$DURATION" --drain "$DRAIN" --via "$MANY_VIA" --publishers "$PUBLISHERS"
-      stop_nodes
+      NODES=2 NODE_CONFIG=$CONFIG bench "many-$MANY_N-$MANY_K-r$rate" -n "$MANY_N" \
+        --channels "$MANY_K" --rate "$rate" --duration "$DURATION" --drain "$DRAIN" \
+        --via "$MANY_VIA" --publishers "$PUBLISHERS"
     done
     ;;
   durable)
     for rate in $DURABLE_RATES; do
-      start_nodes 2 "$CONFIG"
-      bench "durable-$MANY_N-$MANY_K-r$rate" -n "$MANY_N" --channels "$MANY_K" --durable \
-        --rate "$rate" --duration "$DURATION" --drain "$DRAIN" --via "$MANY_VIA" --publishers "$PUBLISHERS"
-      stop_nodes
+      NODES=2 NODE_CONFIG=$CONFIG bench "durable-$MANY_N-$MANY_K-r$rate" -n "$MANY_N" \
+        --channels "$MANY_K" --durable --rate "$rate" --duration "$DURATION" --drain "$DRAIN" \
+        --via "$MANY_VIA" --publishers "$PUBLISHERS"
     done
     ;;
   *)
