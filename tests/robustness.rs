@@ -631,7 +631,9 @@ const PUBLISHERS: usize = 4;
 
 async fn slow_consumer_is_closed_with_4008(redis: Option<&Redis>, n: usize) {
     let mut cfg = config(redis, "a");
-    cfg.limits.outbox_messages = 64;
+    // Small enough to cut the slow client off early, large enough that the normal
+    // readers keep up on a busy two-core machine.
+    cfg.limits.outbox_messages = 512;
     let node = start(cfg).await;
     let addr = node.addr;
 
