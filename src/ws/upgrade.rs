@@ -19,9 +19,11 @@ use crate::error::ErrorCode;
 use crate::server::AppState;
 use crate::ws::session;
 
-/// tungstenite reads into a buffer of this size per socket; its default (128 KiB)
-/// would cost 12 GiB per 100k connections. Messages larger than it still arrive.
-const READ_BUFFER: usize = 4 * 1024;
+/// tungstenite reads into a buffer of this size per socket, allocated with the socket;
+/// its default (128 KiB) would cost 12 GiB per 100k connections. Client frames are
+/// small; a larger one still arrives (the buffer grows for it). Measured in
+/// docs/BENCHMARKS.md: 4 KiB of the idle connection's ~12.7 KiB was this buffer.
+const READ_BUFFER: usize = 1024;
 /// Frames are collected up to this size before a write is forced.
 const WRITE_BUFFER: usize = 8 * 1024;
 
