@@ -132,7 +132,9 @@ impl Session {
                         }
                         Some(Ok(Message::Text(text))) => {
                             if self.admit() {
-                                let refreshed = self.handle_text(text.as_str()).await;
+                                // Boxed: the op futures are large and rare; inline they
+                                // would sit in every idle connection's task.
+                                let refreshed = Box::pin(self.handle_text(text.as_str())).await;
                                 if refreshed {
                                     self.arm_expiry(expiry.as_mut());
                                 }
