@@ -21,7 +21,7 @@ QUICK=${QUICK:-0}
 REPEAT=${REPEAT:-1}
 WRITE_DOCS=${WRITE_DOCS:-0}
 OUT=${OUT:-target/bench/$(date +%Y%m%d-%H%M%S)}
-SCENARIOS=${SCENARIOS:-"ceiling idle bcast coalesce many durable"}
+SCENARIOS=${SCENARIOS:-"ceiling idle bcast coalesce manyref many durable"}
 DURATION=${DURATION:-10s}
 DRAIN=${DRAIN:-5s}
 TOOL_THREADS=${TOOL_THREADS:-2}
@@ -61,6 +61,8 @@ MANY_N=${MANY_N:-10000}
 MANY_K=${MANY_K:-5000}
 MANY_RATES=${MANY_RATES:-"5000 20000"}
 MANY_VIA=${MANY_VIA:-http}
+# The Socket.IO reference point's shape: clients:channels:publishes/s.
+MANY_REF=${MANY_REF:-"2000:1000:2000"}
 # Publisher connections per node, one request in flight each (20k/s needs many while
 # the shared cores make each round trip slow).
 PUBLISHERS=${PUBLISHERS:-64}
@@ -70,7 +72,7 @@ CEILING_SECS=${CEILING_SECS:-3}
 
 mkdir -p "$OUT"
 LOG="$OUT/run.log"
-echo "bench/run.sh: results in $OUT" | tee "$LOG"
+echo "bench/run.sh: results in $OUT" | tee -a "$LOG"
 { echo "start: $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"; nproc; grep -m1 'model name' /proc/cpuinfo; } >>"$LOG"
 
 # ---- processes we start, and their end --------------------------------------------
@@ -282,6 +284,12 @@ for scenario in $SCENARIOS; do
     NODES=2 NODE_CONFIG=$cfg bench "bcast-$COALESCE_N-r$COALESCE_RATE-coalesce$COALESCE" \
       -n "$COALESCE_N" --channels 1 --rate "$COALESCE_RATE" --duration "$DURATION" \
       --drain "$DRAIN" --publishers 16
+    ;;
+  manyref)
+    IFS=: read -r rn rk rr <<<"$MANY_REF"
+    NODES=2 NODE_CONFIG=$CONFIG bench "many-$rn-$rk-r$rr" -n "$rn" --channels "$rk" \
+      --rate "$rr" --duration "$DURATION" --drain "$DRAIN" --via "$MANY_VIA" \
+      --publishers "$PUBLISHERS"
     ;;
   many)
     for rate in $MANY_RATES; do
