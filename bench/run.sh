@@ -93,7 +93,8 @@ trap 'exit 130' INT TERM
 free_port() {
   local p
   while :; do
-    p=$((20000 + RANDOM % 20000))
+    # Below the ephemeral range (32768+), where client sockets hold local ports.
+    p=$((20000 + RANDOM % 12000))
     if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
       echo "$p"
       return
@@ -133,12 +134,16 @@ start_nodes() { # COUNT CONFIG
   NODE_ADDRS=()
   redis-cli -p "$REDIS_PORT" flushall >/dev/null
   for i in $(seq "$count"); do
-    port=$(free_port)
-    RUST_LOG=${NODE_LOG:-warn} "$HERALD" --listen "127.0.0.1:$port" \
-      --redis "redis://127.0.0.1:$REDIS_PORT" --node-id "n$i" --config "$config" \
-      --drain-period 200ms --log-format text >>"$OUT/node-n$i.log" 2>&1 &
-    pid=$!
-    STARTED+=("$pid")
+    for _ in 1 2 3 4 5; do
+      port=$(free_port)
+      RUST_LOG=${NODE_LOG:-warn} "$HERALD" --listen "127.0.0.1:$port" \
+        --redis "redis://127.0.0.1:$REDIS_PORT" --node-id "n$i" --config "$config" \
+        --drain-period 200ms --log-format text >>"$OUT/node-n$i.log" 2>&1 &
+      pid=$!
+      STARTED+=("$pid")
+      sleep 0.3
+      kill -0 "$pid" 2>/dev/null && break # else the port was taken: another one
+    done
     NODE_PIDS+=("$pid")
     NODE_ADDRS+=("127.0.0.1:$port")
   done
@@ -247,9 +252,9 @@ for scenario in $SCENARIOS; do
         s=$(grep -o '^\[herald-bench\] [0-9]*' "$OUT/$label-p$t.progress" | grep -o '[0-9]*$' || echo 0)
         subscribed=$((subscribed + s))
       done
-      jq -n --arg label "$label" --argjson n "$((per * 3))" --argjson sub "$subscribed" \
+      jq -n --arg lbl "$label" --argjson n "$((per * 3))" --argjson sub "$subscribed" \
         --argjson before "$before" --argjson after "$after" \
-        '{label: $label, scenario: {connections: $n, channels: $n, nodes: ["3 nodes"], rate: 0},
+        '{label: $lbl, scenario: {connections: $n, channels: $n, nodes: ["3 nodes"], rate: 0},
           connect: {subscribed: $sub}, rss_kib_per_connection: (($after - $before) / $sub),
           nodes_rss_kib_before: $before, nodes_rss_kib_after: $after}' >"$OUT/$label.1.json"
       echo "$label: $subscribed subscribed, $(((after - before) / (subscribed > 0 ? subscribed : 1))) KiB per connection" | tee -a "$LOG"
