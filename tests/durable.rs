@@ -384,11 +384,7 @@ async fn slow_consumer_recovers_without_loss() {
             .text()
             .await
             .unwrap();
-        text.lines()
-            .find(|l| l.starts_with("herald_slow_consumer_closes_total"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
+        metric_in(&text, "herald_slow_consumer_closes_total").unwrap_or(0.0)
     };
     assert!(
         eventually(Duration::from_secs(60), || async { closes().await >= 1.0 }).await,

@@ -398,12 +398,7 @@ async fn large_channels_stay_cheap() {
         .text()
         .await
         .unwrap();
-    let refreshes: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("herald_presence_refreshes_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .expect("refresh metric");
+    let refreshes = metric_in(&metrics, "herald_presence_refreshes_total").expect("refresh metric");
     assert!(
         (1.0..20.0).contains(&refreshes),
         "refresh calls: {refreshes}"

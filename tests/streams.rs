@@ -595,16 +595,11 @@ async fn ingest_crash_between_publish_and_ack_publishes_once() {
         .await
         .unwrap();
     // Entries published before the crash but not acknowledged were recognised.
-    let duplicates: f64 = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with(
-                "herald_ingest_duplicates_total{node=\"crashy\",stream=\"orders.events\"}",
-            )
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let duplicates = metric_in(
+        &metrics,
+        "herald_ingest_duplicates_total{node=\"crashy\",stream=\"orders.events\"}",
+    )
+    .unwrap_or(0.0);
     assert!(duplicates >= 1.0, "{metrics}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -439,6 +439,14 @@ pub fn offsets(msgs: &[Value]) -> Vec<u64> {
         .collect()
 }
 
+/// The value of the first line of a Prometheus text that starts with `prefix`.
+pub fn metric_in(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Polls `f` until it returns true or `limit` passes.
 pub async fn eventually<F, Fut>(limit: Duration, mut f: F) -> bool
 where
