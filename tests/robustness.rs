@@ -37,44 +37,6 @@ async fn post_publish(http: &reqwest::Client, addr: SocketAddr, body: &Value) ->
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-async fn metrics_text(addr: SocketAddr) -> String {
-    http()
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body")
-}
-
-/// The value of a metric (summed over its label sets), or None when no sample of that
-/// exact name is exposed.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let end = line.find(['{', ' ']).unwrap_or(line.len());
-        if &line[..end] != name {
-            continue;
-        }
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("unparsable sample: {line}"));
-        *found.get_or_insert(0.0) += value;
-    }
-    found
-}
-
-async fn metric_of(addr: SocketAddr, name: &str) -> f64 {
-    let text = metrics_text(addr).await;
-    metric(&text, name).unwrap_or_else(|| panic!("{name} is not in /metrics:\n{text}"))
-}
-
 /// Waits until a metric has the wanted value; panics with the last value otherwise.
 async fn expect_metric(addr: SocketAddr, name: &str, want: f64) {
     let mut last = f64::NAN;

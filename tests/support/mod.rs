@@ -439,6 +439,44 @@ pub fn offsets(msgs: &[Value]) -> Vec<u64> {
         .collect()
 }
 
+/// `GET /metrics` of a node, as text.
+pub async fn metrics_text(addr: SocketAddr) -> String {
+    http()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
+/// The value of a metric summed over its label sets; None when it is not exposed.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let end = line.find(['{', ' ']).unwrap_or(line.len());
+        if &line[..end] != name {
+            continue;
+        }
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("unparsable sample: {line}"));
+        *found.get_or_insert(0.0) += value;
+    }
+    found
+}
+
+pub async fn metric_of(addr: SocketAddr, name: &str) -> f64 {
+    let text = metrics_text(addr).await;
+    metric(&text, name).unwrap_or_else(|| panic!("{name} is not in /metrics:\n{text}"))
+}
+
 /// The value of the first line of a Prometheus text that starts with `prefix`.
 pub fn metric_in(text: &str, prefix: &str) -> Option<f64> {
     text.lines()
