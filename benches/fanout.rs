@@ -6,8 +6,8 @@
 //! cargo bench --bench fanout
 //! ```
 //!
-//! The fan-out is measured without the sockets: the queues are drained between
-//! iterations (untimed), so each timed call pushes one frame into N empty-enough queues.
+//! The fan-out is measured into real loopback sockets (their client ends are read
+//! by a child process), so it includes the `writev` per delivery that dominates it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,14 +17,20 @@ use divan::{AllocProfiler, Bencher, black_box};
 use herald::hub::{Hub, Subscriber};
 use herald::metrics::Metrics;
 use herald::protocol::{Sequence, check_payload, message_frame};
-use herald::ws::outbox::{Outbox, Outgoing};
+use herald::ws::outbox::Outbox;
+use herald::ws::socket::Socket;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc::Receiver;
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
 
 #[global_allocator]
 static ALLOC: AllocProfiler = AllocProfiler::system();
 
 fn main() {
+    if let Ok(spec) = std::env::var(DRAIN_ENV) {
+        drain(&spec);
+        return;
+    }
     divan::main();
 }
 
@@ -77,51 +83,130 @@ fn check_backplane_payload(bencher: Bencher, durable: bool) {
     bencher.bench_local(|| check_payload(black_box(channel), black_box(&text)));
 }
 
-/// `Hub::dispatch` of one frame to N live subscribers of one channel (one
-/// `Outbox::push`, i.e. a bounded mpsc `try_send`, per subscriber).
-#[divan::bench(args = [1, 100, 1_000, 10_000], sample_size = 1, sample_count = 200)]
+/// N loopback connections whose client ends live in a child process that reads and
+/// discards everything (so this process holds N sockets, not 2N: the open-file limit
+/// allows 10,000 subscribers), each wrapped in an outbox.
+struct Sockets {
+    outboxes: Vec<Outbox>,
+    drain: Child,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Sockets {
+    fn new(n: usize) -> Sockets {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let drain = Command::new(std::env::current_exe().expect("bench binary"))
+            .env(DRAIN_ENV, format!("{addr} {n}"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("drain process");
+        let _enter = runtime.enter();
+        let outboxes = (0..n)
+            .map(|_| {
+                let (tcp, _) = listener.accept().expect("accept");
+                tcp.set_nonblocking(true).expect("nonblocking");
+                let tcp = tokio::net::TcpStream::from_std(tcp).expect("register");
+                Outbox::new(Socket::new(tcp), 4096).0
+            })
+            .collect();
+        Sockets {
+            outboxes,
+            drain,
+            runtime,
+        }
+    }
+}
+
+impl Drop for Sockets {
+    fn drop(&mut self) {
+        self.outboxes.clear();
+        let _ = self.drain.kill();
+        let _ = self.drain.wait();
+    }
+}
+
+const DRAIN_ENV: &str = "HERALD_FANOUT_BENCH_DRAIN";
+
+/// The child process of [`Sockets`]: connects N sockets and reads them until EOF.
+fn drain(spec: &str) {
+    let mut parts = spec.split(' ');
+    let (Some(addr), Some(Ok(n))) = (parts.next(), parts.next().map(str::parse::<usize>)) else {
+        eprintln!("{DRAIN_ENV}: expected \"ADDR N\"");
+        std::process::exit(2);
+    };
+    let mut socks: Vec<std::net::TcpStream> = (0..n)
+        .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+        .collect();
+    for s in &socks {
+        s.set_nonblocking(true).expect("nonblocking");
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut got = false;
+        let mut open = 0;
+        for s in socks.iter_mut() {
+            match s.read(&mut buf) {
+                Ok(0) => {}
+                Ok(_) => {
+                    got = true;
+                    open += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => open += 1,
+                Err(_) => {}
+            }
+        }
+        if open == 0 {
+            return;
+        }
+        if !got {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+}
+
+/// `Hub::dispatch` of one frame to N live subscribers of one channel, all the way
+/// into N sockets: under the channel's guard one append per subscriber, then one
+/// `writev` per idle connection (the figure to compare with the raw-write ceiling).
+#[divan::bench(args = [1, 100, 1_000, 10_000], sample_size = 1, sample_count = 100)]
 fn hub_dispatch(bencher: Bencher, subscribers: usize) {
     let hub = Hub::new(Arc::new(Metrics::new("bench")));
     let channel: Arc<str> = "bench:0".into();
-    let mut receivers: Vec<Receiver<Outgoing>> = Vec::with_capacity(subscribers);
-    for i in 0..subscribers {
-        let (outbox, rx, _control) = Outbox::new(64);
-        hub.add(&channel, Subscriber::live(i as u64, outbox));
-        receivers.push(rx);
+    let sockets = Sockets::new(subscribers);
+    for (i, outbox) in sockets.outboxes.iter().enumerate() {
+        hub.add(&channel, Subscriber::live(i as u64, outbox.clone()));
     }
     let frame = Utf8Bytes::try_from(message_frame("bench:0", &data(), None)).expect("utf-8");
     let since = Instant::now();
-    bencher
-        .with_inputs(|| {
-            for rx in receivers.iter_mut() {
-                while rx.try_recv().is_ok() {}
-            }
-        })
-        .bench_local_values(|()| hub.dispatch(black_box("bench:0"), &frame, None, since));
+    let _enter = sockets.runtime.enter();
+    bencher.bench_local(|| hub.dispatch(black_box("bench:0"), &frame, None, since));
 }
 
 /// The same for N channels with one subscriber each, dispatching to one of them:
-/// the map lookup and a single push (the many-channels scenario's shape).
-#[divan::bench(args = [10_000], sample_size = 1, sample_count = 2000)]
+/// the map lookup, one append and one `writev` (the many-channels scenario's shape).
+#[divan::bench(args = [5_000], sample_size = 1, sample_count = 2000)]
 fn hub_dispatch_one_of_many(bencher: Bencher, channels: usize) {
     let hub = Hub::new(Arc::new(Metrics::new("bench")));
-    let mut receivers = Vec::with_capacity(channels);
+    let sockets = Sockets::new(channels);
     let names: Vec<String> = (0..channels).map(|i| format!("bench:{i}")).collect();
-    for (i, name) in names.iter().enumerate() {
-        let (outbox, rx, _control) = Outbox::new(64);
+    for (i, (name, outbox)) in names.iter().zip(&sockets.outboxes).enumerate() {
         hub.add(
             &Arc::from(name.as_str()),
-            Subscriber::live(i as u64, outbox),
+            Subscriber::live(i as u64, outbox.clone()),
         );
-        receivers.push(rx);
     }
     let frame = Utf8Bytes::try_from(message_frame("bench:0", &data(), None)).expect("utf-8");
     let since = Instant::now();
+    let _enter = sockets.runtime.enter();
     let mut next = 0usize;
     bencher
         .with_inputs(|| {
             next = (next + 7919) % channels;
-            while receivers[next].try_recv().is_ok() {}
             names[next].as_str()
         })
         .bench_local_values(|name| hub.dispatch(name, &frame, None, since));

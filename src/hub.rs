@@ -2,18 +2,21 @@
 //! one encoded frame to all of them.
 //!
 //! The hub knows nothing of Redis; [`crate::subscriptions`] decides when the node
-//! subscribes on the backplane. Fan-out is synchronous: it clones the shared frame
-//! bytes into each subscriber's bounded queue with `try_send` and never awaits, so a
-//! dashmap read guard is held only across that loop and never across an `.await`.
+//! subscribes on the backplane. Fan-out is synchronous and never awaits: under the
+//! channel's guard it only appends the shared frame to each subscriber's bounded queue
+//! (which fixes every connection's order); the socket writes happen after the guard is
+//! released ([`Flush::run_all`]), so no dashmap guard is held across an `.await` or a
+//! system call.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::ws::{Message, Utf8Bytes};
+use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 
 use crate::metrics::Metrics;
-use crate::ws::outbox::{Outbox, Outgoing, Pushed};
+use crate::ws::frame::Frame;
+use crate::ws::outbox::{Flush, Outbox, Pushed};
 
 /// A node-local session number (the public session name is derived from it).
 pub type SessionId = u64;
@@ -212,9 +215,10 @@ impl Hub {
             let Some(entry) = self.channels.get_mut(channel) else {
                 return Fanout::default();
             };
-            let out = self.fan_out_plain(&entry, frame, since);
+            let mut flushes = Vec::new();
+            let out = self.fan_out_plain(&entry, frame, &mut flushes);
             drop(entry);
-            return self.count(out);
+            return self.finish(out, flushes, since);
         };
         let Some(mut entry) = self.channels.get_mut(channel) else {
             return Fanout::default();
@@ -241,18 +245,35 @@ impl Hub {
         }
         let epoch: Arc<str> = epoch.into();
         entry.position = Some((epoch.clone(), off));
-        let out = self.fan_out_durable(&mut entry, frame, off, &epoch, since);
+        let mut flushes = Vec::new();
+        let out = self.fan_out_durable(&mut entry, frame, off, &epoch, &mut flushes);
         drop(entry);
+        self.finish(out, flushes, since)
+    }
+
+    /// Writes what the fan-out queued (the guard is released by now) and counts it.
+    fn finish(&self, out: Fanout, flushes: Vec<Flush>, since: Instant) -> Fanout {
+        Flush::run_all(flushes);
+        if out.queued > 0 {
+            self.metrics
+                .delivery_latency
+                .record(since.elapsed().as_secs_f64());
+        }
         self.count(out)
     }
 
-    /// The loop of non-blocking `try_send`s; the caller holds the channel's guard
-    /// across it, and across nothing else (no await, no other map).
-    fn fan_out_plain(&self, state: &ChannelState, frame: &Utf8Bytes, since: Instant) -> Fanout {
+    /// The loop of non-blocking appends; the caller holds the channel's guard across
+    /// it, and across nothing else (no await, no other map, no write).
+    fn fan_out_plain(
+        &self,
+        state: &ChannelState,
+        frame: &Utf8Bytes,
+        flushes: &mut Vec<Flush>,
+    ) -> Fanout {
         let mut out = Fanout::default();
         for sub in &state.subscribers {
             match &sub.route {
-                Route::Live => self.push(sub, frame, since, &mut out),
+                Route::Live => self.push(sub, frame, &mut out, flushes),
                 Route::Buffer(buffer) => buffer_frame(buffer, None, frame, &mut out),
             }
         }
@@ -266,13 +287,13 @@ impl Hub {
         frame: &Utf8Bytes,
         off: u64,
         epoch: &Arc<str>,
-        since: Instant,
+        flushes: &mut Vec<Flush>,
     ) -> Fanout {
         let mut out = Fanout::default();
         for sub in &mut state.subscribers {
             match &sub.route {
                 Route::Live => match next_in_sequence(&mut sub.seq, off, epoch) {
-                    Next::Deliver => self.push(sub, frame, since, &mut out),
+                    Next::Deliver => self.push(sub, frame, &mut out, flushes),
                     Next::Skip => {}
                     Next::Gap => self.close_for_gap(sub),
                 },
@@ -284,11 +305,16 @@ impl Hub {
         out
     }
 
-    fn push(&self, sub: &Subscriber, frame: &Utf8Bytes, since: Instant, out: &mut Fanout) {
-        match sub.outbox.push(Outgoing {
-            msg: Message::Text(frame.clone()),
-            since: Some(since),
-        }) {
+    fn push(
+        &self,
+        sub: &Subscriber,
+        frame: &Utf8Bytes,
+        out: &mut Fanout,
+        flushes: &mut Vec<Flush>,
+    ) {
+        let (pushed, flush) = sub.outbox.enqueue(Frame::Text(frame.clone()));
+        flushes.extend(flush);
+        match pushed {
             Pushed::Queued => out.queued += 1,
             Pushed::Overflowed => {
                 out.dropped += 1;
@@ -325,6 +351,20 @@ impl Hub {
         let Some(mut entry) = self.channels.get_mut(channel) else {
             return GoLive::Gone;
         };
+        let mut flushes = Vec::new();
+        let live = self.go_live_locked(&mut entry, session, from, &mut flushes);
+        drop(entry);
+        Flush::run_all(flushes);
+        live
+    }
+
+    fn go_live_locked(
+        &self,
+        entry: &mut ChannelState,
+        session: SessionId,
+        from: Option<(&str, u64)>,
+        flushes: &mut Vec<Flush>,
+    ) -> GoLive {
         let Some(sub) = entry.subscribers.iter_mut().find(|s| s.session == session) else {
             return GoLive::Gone;
         };
@@ -358,7 +398,9 @@ impl Hub {
                     }
                 }
             }
-            if sub.outbox.push(Outgoing::now(Message::Text(frame))) != Pushed::Queued {
+            let (pushed, flush) = sub.outbox.enqueue(Frame::Text(frame));
+            flushes.extend(flush);
+            if pushed != Pushed::Queued {
                 return GoLive::Overflowed;
             }
             released += 1;
@@ -444,6 +486,7 @@ pub enum GoLive {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ws::outbox::testing::{connection, fill, peer};
 
     fn hub() -> Hub {
         Hub::new(Arc::new(Metrics::new("t")))
@@ -453,8 +496,8 @@ mod tests {
     async fn dispatch_reaches_every_subscriber_once() {
         let hub = hub();
         let ch: Arc<str> = "c".into();
-        let (a, mut ra, _) = Outbox::new(8);
-        let (b, mut rb, _) = Outbox::new(8);
+        let (a, _, ta) = connection(8).await;
+        let (b, _, tb) = connection(8).await;
         hub.add(&ch, Subscriber::live(1, a));
         hub.add(&ch, Subscriber::live(2, b));
         let f = hub.dispatch("c", &"x".into(), None, Instant::now());
@@ -466,21 +509,22 @@ mod tests {
                 gap: false
             }
         );
-        assert!(ra.try_recv().is_ok());
-        assert!(rb.try_recv().is_ok());
-        assert!(ra.try_recv().is_err());
+        let (mut pa, mut pb) = (peer(ta).await, peer(tb).await);
+        assert_eq!(pa.text().await.as_deref(), Some("x"));
+        assert_eq!(pb.text().await.as_deref(), Some("x"));
+        assert_eq!(pa.text().await, None);
     }
 
     #[tokio::test]
     async fn a_full_queue_drops_only_that_subscriber() {
         let hub = hub();
         let ch: Arc<str> = "c".into();
-        let (slow, _rs, slow_ctl) = Outbox::new(1);
-        let (fast, mut rf, fast_ctl) = Outbox::new(8);
+        let (slow, slow_ctl, _slow_tcp) = connection(1).await;
+        let (fast, fast_ctl, fast_tcp) = connection(8).await;
+        fill(&slow, 1);
         hub.add(&ch, Subscriber::live(1, slow));
         hub.add(&ch, Subscriber::live(2, fast));
-        hub.dispatch("c", &"1".into(), None, Instant::now());
-        let f = hub.dispatch("c", &"2".into(), None, Instant::now());
+        let f = hub.dispatch("c", &"1".into(), None, Instant::now());
         assert_eq!(
             f,
             Fanout {
@@ -489,23 +533,19 @@ mod tests {
                 gap: false
             }
         );
+        hub.dispatch("c", &"2".into(), None, Instant::now());
         assert!(slow_ctl.is_closing());
         assert!(!fast_ctl.is_closing());
-        assert_eq!(
-            rf.try_recv().map(|o| o.msg).ok(),
-            Some(Message::Text("1".into()))
-        );
-        assert_eq!(
-            rf.try_recv().map(|o| o.msg).ok(),
-            Some(Message::Text("2".into()))
-        );
+        let mut p = peer(fast_tcp).await;
+        assert_eq!(p.text().await.as_deref(), Some("1"));
+        assert_eq!(p.text().await.as_deref(), Some("2"));
     }
 
     #[tokio::test]
     async fn remove_if_empty_keeps_a_channel_that_gained_a_subscriber() {
         let hub = hub();
         let ch: Arc<str> = "c".into();
-        let (a, _ra, _) = Outbox::new(8);
+        let (a, _, _ta) = connection(8).await;
         hub.add(&ch, Subscriber::live(1, a.clone()));
         assert!(hub.remove("c", 1));
         hub.add(&ch, Subscriber::live(2, a));
@@ -519,14 +559,11 @@ mod tests {
     async fn duplicate_offsets_are_not_delivered_twice() {
         let hub = hub();
         let ch: Arc<str> = "c".into();
-        let (a, mut ra, _) = Outbox::new(8);
+        let (a, _, ta) = connection(8).await;
         hub.add(&ch, Subscriber::live(1, a));
         hub.dispatch("c", &"1".into(), Some((1, "e")), Instant::now());
         hub.dispatch("c", &"1".into(), Some((1, "e")), Instant::now());
         hub.dispatch("c", &"2".into(), Some((2, "e")), Instant::now());
-        assert!(ra.try_recv().is_ok());
-        assert!(ra.try_recv().is_ok());
-        assert!(ra.try_recv().is_err());
         // A skipped offset, or another epoch, is a gap: held back, not delivered.
         assert!(
             hub.dispatch("c", &"4".into(), Some((4, "e")), Instant::now())
@@ -536,14 +573,17 @@ mod tests {
             hub.dispatch("c", &"3".into(), Some((3, "f")), Instant::now())
                 .gap
         );
-        assert!(ra.try_recv().is_err());
+        let mut p = peer(ta).await;
+        assert_eq!(p.text().await.as_deref(), Some("1"));
+        assert_eq!(p.text().await.as_deref(), Some("2"));
+        assert_eq!(p.text().await, None);
     }
 
     #[tokio::test]
     async fn buffered_frames_are_released_after_history() {
         let hub = hub();
         let ch: Arc<str> = "c".into();
-        let (a, mut ra, _) = Outbox::new(8);
+        let (a, _, ta) = connection(8).await;
         let (sub, _buf) = Subscriber::buffered(1, a, 8);
         hub.add(&ch, sub);
         for off in 5..=7 {
@@ -554,20 +594,34 @@ mod tests {
                 Instant::now(),
             );
         }
-        assert!(ra.try_recv().is_err(), "nothing is live before go_live");
+        let mut p = peer(ta).await;
+        assert_eq!(p.text().await, None, "nothing is live before go_live");
         assert_eq!(hub.go_live("c", 1, Some(("e", 5))), GoLive::Released(2));
-        assert_eq!(
-            ra.try_recv().map(|o| o.msg).ok(),
-            Some(Message::Text("6".into()))
-        );
-        assert_eq!(
-            ra.try_recv().map(|o| o.msg).ok(),
-            Some(Message::Text("7".into()))
-        );
+        assert_eq!(p.text().await.as_deref(), Some("6"));
+        assert_eq!(p.text().await.as_deref(), Some("7"));
         hub.dispatch("c", &"8".into(), Some((8, "e")), Instant::now());
-        assert_eq!(
-            ra.try_recv().map(|o| o.msg).ok(),
-            Some(Message::Text("8".into()))
-        );
+        assert_eq!(p.text().await.as_deref(), Some("8"));
+    }
+
+    #[tokio::test]
+    async fn a_large_fan_out_keeps_every_connections_order() {
+        let hub = hub();
+        let ch: Arc<str> = "c".into();
+        let mut tcps = Vec::new();
+        for i in 0..300 {
+            let (o, _, t) = connection(64).await;
+            hub.add(&ch, Subscriber::live(i, o));
+            tcps.push(t);
+        }
+        for m in 0..20 {
+            let f = hub.dispatch("c", &m.to_string().into(), None, Instant::now());
+            assert_eq!(f.queued, 300);
+        }
+        for t in tcps {
+            let mut p = peer(t).await;
+            for m in 0..20 {
+                assert_eq!(p.text().await, Some(m.to_string()));
+            }
+        }
     }
 }

@@ -9,10 +9,13 @@
 //!    publishing node included: there is one path and so one order per channel.
 //!    Durable channels get their offset in the same atomic step (`publish.lua`).
 //! 3. Each node's backplane reader validates the payload once and gives the shared
-//!    bytes to the [`hub`], which `try_send`s them into the bounded queue of every
-//!    local subscriber ([`ws::outbox`]). A full queue closes that one client (4008).
-//! 4. Each connection's writer task drains its queue into the socket, many frames per
-//!    flush.
+//!    bytes to the [`hub`], which appends them to the bounded queue of every local
+//!    subscriber ([`ws::outbox`]). A full queue closes that one client (4008).
+//! 4. Right after, still on the reader's thread, each idle connection's frame goes
+//!    into its socket with one `writev` ([`ws::socket`], [`ws::frame`]); a socket
+//!    whose kernel buffer is full gets a writer task until its queue is empty, and
+//!    writes everything queued at once. The HTTP side ([`listener`]) hands the raw
+//!    socket over at the upgrade ([`ws::handshake`]).
 //!
 //! Around that path: [`subscriptions`] keeps the node subscribed on the backplane
 //! exactly where it has local interest and makes `subscribe` a barrier;
@@ -28,6 +31,7 @@ pub mod error;
 pub mod gaps;
 pub mod history;
 pub mod hub;
+pub mod listener;
 pub mod metrics;
 pub mod presence;
 pub mod protocol;

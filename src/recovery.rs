@@ -18,7 +18,8 @@ use crate::error::{ErrorCode, OpError};
 use crate::hub::{GoLive, SessionId, Subscriber};
 use crate::protocol::{self, RequestId, StreamPosition};
 use crate::server::AppState;
-use crate::ws::outbox::{Outbox, Outgoing};
+use crate::ws::frame::Frame;
+use crate::ws::outbox::Outbox;
 
 /// One durable subscribe, as the session asked for it.
 pub struct DurableSubscribe<'a> {
@@ -104,13 +105,7 @@ pub async fn subscribe_durable(
             result["recovered"] = json!(recovered);
         }
         let reply = protocol::reply_ok(id, &result);
-        if outbox
-            .send(Outgoing::now(axum::extract::ws::Message::Text(
-                reply.into(),
-            )))
-            .await
-            .is_err()
-        {
+        if outbox.send(Frame::text(reply)).await.is_err() {
             return Ok(());
         }
     }
@@ -119,11 +114,7 @@ pub async fn subscribe_durable(
     if recovered == Some(true) {
         for m in messages {
             sent = m.offset;
-            if outbox
-                .send(Outgoing::now(axum::extract::ws::Message::Text(m.frame)))
-                .await
-                .is_err()
-            {
+            if outbox.send(Frame::Text(m.frame)).await.is_err() {
                 return Ok(());
             }
         }

@@ -189,13 +189,7 @@ impl Node {
         })?;
         let app = router(state.clone());
         let stop = shutdown.clone();
-        let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, app.into_make_service())
-                .with_graceful_shutdown(stop.cancelled_owned());
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "http server failed");
-            }
-        });
+        let server = tokio::spawn(crate::listener::serve(listener, app, stop));
         Ok(Node {
             addr,
             state,

@@ -462,11 +462,20 @@ async fn ingest_fails_over_from_a_killed_lease_holder_without_gap_or_duplicate()
     let first = NodeProcess::spawn(&[&args[..], &["first"]].concat()).await;
     let mut c = Client::connect(first.addr).await;
     c.subscribe("orders:8").await;
-    // Only then the second node: the first holds the lease.
+    // Only once the first node holds the lease (its ingest task takes it shortly
+    // after the node listens) does the second one start.
+    let lease_key = "herald:ingest:orders.events:herald:lease";
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            redis.cli(&["GET", lease_key]).trim() == "first"
+        })
+        .await,
+        "the first node never took the lease"
+    );
     let second = NodeProcess::spawn(&[&args[..], &["second"]].concat()).await;
     let mut watcher = Client::connect(second.addr).await;
     watcher.subscribe("orders:8").await;
-    let lease = redis.cli(&["GET", "herald:ingest:orders.events:herald:lease"]);
+    let lease = redis.cli(&["GET", lease_key]);
     assert_eq!(lease.trim(), "first");
 
     let writer = {

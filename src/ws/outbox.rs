@@ -1,46 +1,45 @@
-//! The outgoing side of one connection: a bounded queue and the writer task that
-//! drains it into the socket.
+//! The outgoing side of one connection: a bounded, ordered queue of frames and the
+//! rule for who writes it into the socket.
 //!
-//! Fan-out never awaits a socket: it `try_send`s into the queue ([`Outbox::push`]).
+//! Fan-out never awaits a socket. The push that finds a connection idle (empty queue,
+//! nobody writing) takes the right to write, a [`Flush`], and writes the frame itself
+//! with one `writev` as soon as it has released whatever guard it holds: no task
+//! wake-up, no copy. Pushes that find someone writing append to the queue, and the
+//! holder of the flush writes them after what came before, so every connection sees
+//! one order. When the kernel's send buffer is full, the flush passes to a small task
+//! that waits until the socket is writable and ends when the queue is empty again;
+//! an idle connection has no writer task and no queue allocation.
+//!
 //! The queue holds `limits.outbox_messages` frames. A full queue means the client is
-//! not reading fast enough: the connection is marked slow, its queue is discarded and
-//! it is closed with 4008, so it recovers by reconnecting while nobody else waits.
-//!
-//! The writer feeds every frame already queued into the socket and flushes once, so a
-//! burst costs one `write()` instead of one per frame.
+//! not reading: the connection is closed with 4008 and its queue discarded, so it
+//! recovers by reconnecting while nobody else waits.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::io;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message};
-use futures_util::{Sink, SinkExt};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::CloseReason;
-use crate::metrics::Metrics;
+use crate::ws::frame::Frame;
+use crate::ws::socket::Socket;
 
-/// How long a closing connection gets to take its close frame before the TCP
-/// connection is dropped (PROTOCOL §2.4: "a few seconds").
+/// How long a closing connection gets to take its close frame (and, when draining,
+/// what was queued before it) before the TCP connection is dropped (PROTOCOL §2.4:
+/// "a few seconds").
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a session waits for room in its own queue before it gives up on the
 /// client as a slow consumer.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most frames fed before one flush; bounds the time between flushes under load.
-const MAX_FRAMES_PER_FLUSH: usize = 256;
-
-/// One queued frame, with the time the node took it off the backplane (for latency).
-pub struct Outgoing {
-    pub msg: Message,
-    pub since: Option<Instant>,
-}
-
-impl Outgoing {
-    pub fn now(msg: Message) -> Self {
-        Self { msg, since: None }
-    }
-}
+/// A queue that grew past this many slots gives its memory back once it is empty;
+/// smaller ones keep theirs for the next burst.
+const KEEP_SLOTS: usize = 64;
+/// Fan-outs to at least this many idle connections are written by several tasks.
+const PARALLEL_FLUSHES: usize = 256;
 
 /// How a connection is asked to end. Shared by the session, the writer, the hub (slow
 /// consumers) and the drain.
@@ -98,191 +97,572 @@ impl Control {
 /// What happened to a frame handed to [`Outbox::push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
+    /// Written, or queued behind frames that will be.
     Queued,
     /// The queue was full and this push closed the connection with 4008.
     Overflowed,
-    /// Not queued: the connection is already closing (or its queue is full).
+    /// Not queued: the connection is closing (or its queue is full).
     Dropped,
-    /// The connection is already gone.
+    /// Not queued: the connection no longer takes frames.
     Gone,
 }
 
-/// The sending half of a connection's queue; cheap to clone (one per subscription).
+struct Queue {
+    /// Frames not yet (completely) written, oldest first.
+    frames: VecDeque<Frame>,
+    /// Bytes of the front frame already written by a partial write.
+    head_written: usize,
+    /// Someone holds the [`Flush`]: only it writes; everybody else appends.
+    /// Invariant: when false, `frames` is empty.
+    flushing: bool,
+    /// The connection is closing: nothing is accepted any more.
+    sealed: bool,
+    /// Tasks waiting in [`Outbox::send`], [`Outbox::wait_for_room`] or
+    /// [`Outbox::finish`] for the queue to shrink or the flush to be free.
+    waiters: usize,
+}
+
+struct Shared {
+    socket: Arc<Socket>,
+    queue: Mutex<Queue>,
+    capacity: usize,
+    control: Arc<Control>,
+    /// Signalled when frames leave the queue or the flush is released (only while
+    /// `waiters > 0`).
+    room: Notify,
+}
+
+/// A connection's queue; cheap to clone (the hub keeps one per subscription).
 #[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Outgoing>,
-    control: Arc<Control>,
+    shared: Arc<Shared>,
+}
+
+/// The right to write a connection's queue, handed out by the push that found the
+/// connection idle. Run it (after releasing any guard): it writes, and passes itself
+/// to a writer task if the socket is full.
+#[must_use = "a flush not run leaves the connection's frames unwritten"]
+pub struct Flush {
+    outbox: Outbox,
+    /// The frame that took the flush; it goes first, before anything queued since.
+    first: Option<Frame>,
 }
 
 impl Outbox {
-    /// Creates the queue; the receiver goes to [`run_writer`].
-    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Outgoing>, Arc<Control>) {
-        // Bounded: a full queue is a slow consumer, closed with 4008 (see `push`).
-        let (tx, rx) = mpsc::channel(capacity);
+    /// The queue of a new connection on `socket`.
+    pub fn new(socket: Arc<Socket>, capacity: usize) -> (Self, Arc<Control>) {
         let control = Arc::new(Control::default());
-        (
-            Self {
-                tx,
-                control: control.clone(),
-            },
-            rx,
-            control,
-        )
+        let shared = Arc::new(Shared {
+            socket,
+            queue: Mutex::new(Queue {
+                frames: VecDeque::new(),
+                head_written: 0,
+                flushing: false,
+                sealed: false,
+                waiters: 0,
+            }),
+            capacity: capacity.max(1),
+            control: control.clone(),
+            room: Notify::new(),
+        });
+        (Self { shared }, control)
     }
 
-    /// Queues a frame without waiting. Never blocks the caller.
-    pub fn push(&self, out: Outgoing) -> Pushed {
-        match self.tx.try_send(out) {
-            Ok(()) => Pushed::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.control.close(CloseReason::SlowConsumer) {
-                    Pushed::Overflowed
-                } else {
-                    Pushed::Dropped
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Pushed::Gone,
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A panic elsewhere must not wedge every later delivery to this connection.
+        self.shared.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a frame without waiting and without writing. When this push found the
+    /// connection idle it returns the [`Flush`], which the caller must run once it
+    /// holds no guard (the hub runs them after leaving the channel's entry).
+    pub fn enqueue(&self, frame: Frame) -> (Pushed, Option<Flush>) {
+        let mut q = self.lock();
+        let (mut pushed, flush) = self.enqueue_locked(&mut q, frame);
+        drop(q);
+        if pushed == Pushed::Overflowed && !self.shared.control.close(CloseReason::SlowConsumer) {
+            // Another push closed it first: only one overflow is counted.
+            pushed = Pushed::Dropped;
         }
+        (pushed, flush)
+    }
+
+    fn enqueue_locked(&self, q: &mut Queue, frame: Frame) -> (Pushed, Option<Flush>) {
+        if q.sealed {
+            return (Pushed::Gone, None);
+        }
+        if self.shared.control.is_closing() {
+            return (Pushed::Dropped, None);
+        }
+        if !q.flushing {
+            q.flushing = true;
+            let flush = Flush {
+                outbox: self.clone(),
+                first: Some(frame),
+            };
+            return (Pushed::Queued, Some(flush));
+        }
+        if q.frames.len() >= self.shared.capacity {
+            // Bounded: a full queue is a slow consumer. The caller closes it with 4008
+            // (outside this lock); what is queued is dropped by `finish`.
+            return (Pushed::Overflowed, None);
+        }
+        q.frames.push_back(frame);
+        (Pushed::Queued, None)
+    }
+
+    /// Queues a frame and, if the connection was idle, writes it now. Never waits.
+    pub fn push(&self, frame: Frame) -> Pushed {
+        let (pushed, flush) = self.enqueue(frame);
+        if let Some(flush) = flush {
+            flush.run();
+        }
+        pushed
     }
 
     /// Queues a frame of the session's own (a reply, history), waiting for room: the
     /// session may wait on its own socket, but not forever.
-    pub async fn send(&self, out: Outgoing) -> Result<(), Pushed> {
-        match tokio::time::timeout(SEND_TIMEOUT, self.tx.send(out)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Pushed::Gone),
-            Err(_) => {
-                self.control.close(CloseReason::SlowConsumer);
-                Err(Pushed::Dropped)
+    pub async fn send(&self, frame: Frame) -> Result<(), Pushed> {
+        let deadline = Instant::now() + SEND_TIMEOUT;
+        let mut frame = Some(frame);
+        loop {
+            let notified = self.shared.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut q = self.lock();
+                if q.sealed || self.shared.control.is_closing() {
+                    return Err(Pushed::Gone);
+                }
+                if !q.flushing || q.frames.len() < self.shared.capacity {
+                    let Some(f) = frame.take() else {
+                        return Err(Pushed::Gone);
+                    };
+                    let (pushed, flush) = self.enqueue_locked(&mut q, f);
+                    drop(q);
+                    if let Some(flush) = flush {
+                        flush.run();
+                    }
+                    return if pushed == Pushed::Queued {
+                        Ok(())
+                    } else {
+                        Err(pushed)
+                    };
+                }
+                q.waiters += 1;
+            }
+            let timed_out = tokio::time::timeout_at(deadline, notified).await.is_err();
+            self.lock().waiters -= 1;
+            if timed_out {
+                self.shared.control.close(CloseReason::SlowConsumer);
+                return Err(Pushed::Dropped);
             }
         }
     }
 
-    /// Waits (briefly) until at least `room` frames fit into the queue.
+    /// Waits (briefly) until at least `room` more frames fit into the queue.
     pub async fn wait_for_room(&self, room: usize) {
-        let deadline = tokio::time::Instant::now() + SEND_TIMEOUT;
-        while self.tx.capacity() < room
-            && !self.control.is_closing()
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        let deadline = Instant::now() + SEND_TIMEOUT;
+        loop {
+            let notified = self.shared.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut q = self.lock();
+                let free = self.shared.capacity.saturating_sub(q.frames.len());
+                if free >= room || q.sealed || self.shared.control.is_closing() {
+                    return;
+                }
+                q.waiters += 1;
+            }
+            let timed_out = tokio::time::timeout_at(deadline, notified).await.is_err();
+            self.lock().waiters -= 1;
+            if timed_out {
+                return;
+            }
         }
     }
 
     pub fn control(&self) -> &Arc<Control> {
-        &self.control
+        &self.shared.control
     }
-}
 
-/// Feeds `first` and whatever else is queued (up to a bound), then flushes once.
-async fn write_batch<S>(
-    sink: &mut S,
-    first: Message,
-    rx: &mut mpsc::Receiver<Outgoing>,
-) -> Result<(), ()>
-where
-    S: Sink<Message> + Unpin,
-{
-    sink.feed(first).await.map_err(|_| ())?;
-    let mut fed = 1;
-    while fed < MAX_FRAMES_PER_FLUSH {
-        match rx.try_recv() {
-            Ok(out) => {
-                sink.feed(out.msg).await.map_err(|_| ())?;
-                fed += 1;
+    /// Ends the outgoing side once the session is over: nothing more is accepted; a
+    /// slow consumer's queue is dropped, a draining or normal close first delivers
+    /// what was accepted; then the close frame [`Control`] asks for, within
+    /// [`CLOSE_WRITE_TIMEOUT`], and FIN. Returns whether a close frame went out.
+    pub async fn finish(&self) -> bool {
+        let reason = self.shared.control.reason();
+        {
+            let mut q = self.lock();
+            q.sealed = true;
+            if !matches!(
+                reason,
+                Some(CloseReason::Draining | CloseReason::Normal | CloseReason::TokenExpired)
+            ) {
+                // Stale for a client that will recover anyway; a frame already half
+                // written must still be completed, or the stream would be corrupt.
+                let keep = usize::from(q.head_written > 0);
+                q.frames.truncate(keep);
             }
-            Err(_) => break,
+        }
+        let Some(reason) = reason else {
+            return false;
+        };
+        let closed = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
+            self.take_flush().await;
+            self.lock().frames.push_back(Frame::close(reason));
+            loop {
+                let written = write_queued(&self.shared, &mut self.lock());
+                match written {
+                    Ok(true) => return true,
+                    Ok(false) => {
+                        if self.shared.socket.writable().await.is_err() {
+                            return false;
+                        }
+                    }
+                    Err(_) => return false,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        self.shared.socket.shutdown_write();
+        closed
+    }
+
+    /// Waits until nobody holds the flush, then holds it (for [`Outbox::finish`]).
+    async fn take_flush(&self) {
+        loop {
+            let notified = self.shared.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut q = self.lock();
+                if !q.flushing {
+                    q.flushing = true;
+                    return;
+                }
+                q.waiters += 1;
+            }
+            notified.await;
+            self.lock().waiters -= 1;
         }
     }
-    sink.flush().await.map_err(|_| ())
+
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        self.lock().frames.len()
+    }
 }
 
-/// Drains the queue into the socket until the connection closes, then sends the close
-/// frame that [`Control`] asks for.
-pub async fn run_writer<S>(
-    mut sink: S,
-    mut rx: mpsc::Receiver<Outgoing>,
-    control: Arc<Control>,
-    coalesce: Duration,
-    metrics: Arc<Metrics>,
-) where
-    S: Sink<Message> + Unpin,
-{
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = control.closed() => break,
-            next = rx.recv() => match next {
-                Some(out) => out,
-                None => break,
-            },
+impl Flush {
+    /// Runs every flush of one fan-out. A large fan-out is split over the runtime's
+    /// workers, so one broadcast uses every core; each connection's order is kept by
+    /// its own flush, whichever thread runs it.
+    pub fn run_all(mut flushes: Vec<Flush>) {
+        let handle = match tokio::runtime::Handle::try_current() {
+            Ok(h) if flushes.len() >= PARALLEL_FLUSHES => h,
+            _ => {
+                for flush in flushes {
+                    flush.run();
+                }
+                return;
+            }
         };
-        if !coalesce.is_zero() {
-            // Lets more frames for this socket arrive so that they share one write.
-            tokio::time::sleep(coalesce).await;
+        let workers = handle.metrics().num_workers().max(1);
+        let chunk = flushes.len().div_ceil(workers);
+        while flushes.len() > chunk {
+            let part = flushes.split_off(flushes.len() - chunk);
+            handle.spawn(async move {
+                for flush in part {
+                    flush.run();
+                }
+            });
         }
-        if let Some(since) = first.since {
-            metrics
-                .delivery_latency
-                .record(since.elapsed().as_secs_f64());
+        for flush in flushes {
+            flush.run();
         }
-        // A client that stopped reading blocks the write; a close request must still
-        // get through, so the write races it (the close then gets its own deadline).
-        let written = tokio::select! {
-            r = write_batch(&mut sink, first.msg, &mut rx) => r,
-            _ = control.closed() => Ok(()),
+    }
+
+    /// Writes the frame that took the flush and everything queued behind it, as far
+    /// as the socket takes it now; the rest goes to a writer task.
+    pub fn run(mut self) {
+        let shared = &self.outbox.shared;
+        let mut q = self.outbox.lock();
+        if let Some(first) = self.first.take() {
+            if q.frames.is_empty() {
+                // The common case, an idle connection: one `writev`, nothing queued.
+                match shared.socket.try_write_frames([&first], 0) {
+                    Ok(n) if n == first.wire_len() => {}
+                    Ok(n) => {
+                        q.frames.push_front(first);
+                        q.head_written = n;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        q.frames.push_front(first);
+                        q.head_written = 0;
+                    }
+                    Err(_) => return fail(shared, q),
+                }
+            } else {
+                q.frames.push_front(first);
+            }
+        }
+        // Holding the connection's own lock across the write keeps its frames in
+        // order; only pushes to this same connection ever wait for it.
+        match write_queued(shared, &mut q) {
+            Ok(true) => release(shared, q),
+            Ok(false) => {
+                drop(q);
+                tokio::spawn(write_when_writable(self.outbox.clone()));
+            }
+            Err(_) => fail(shared, q),
+        }
+    }
+}
+
+/// Writes queued frames until the queue is empty (`true`) or the socket is full
+/// (`false`). The caller holds the flush and the lock.
+fn write_queued(shared: &Shared, q: &mut Queue) -> io::Result<bool> {
+    let mut popped = false;
+    let result = loop {
+        if q.frames.is_empty() {
+            break Ok(true);
+        }
+        match shared.socket.try_write_frames(&q.frames, q.head_written) {
+            Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                advance(q, n);
+                popped = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
+            Err(e) => break Err(e),
+        }
+    };
+    if popped && q.waiters > 0 {
+        shared.room.notify_waiters();
+    }
+    result
+}
+
+/// Drops the `n` bytes just written from the front of the queue.
+fn advance(q: &mut Queue, mut n: usize) {
+    while n > 0 {
+        let Some(front) = q.frames.front() else {
+            return;
         };
-        if written.is_err() {
-            control.abort();
+        let left = front.wire_len() - q.head_written;
+        if n >= left {
+            n -= left;
+            q.frames.pop_front();
+            q.head_written = 0;
+        } else {
+            q.head_written += n;
             return;
         }
     }
+}
 
-    let Some(reason) = control.reason() else {
-        return;
-    };
-    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
-        if reason == CloseReason::SlowConsumer {
-            // What is queued is stale for a client that will recover anyway.
-            rx.close();
-            while rx.try_recv().is_ok() {}
-        } else {
-            // A draining or normal close still delivers what was already accepted.
-            rx.close();
-            while let Ok(out) = rx.try_recv() {
-                if sink.feed(out.msg).await.is_err() {
-                    return;
+/// Gives the flush back (the queue is empty).
+fn release(shared: &Shared, mut q: MutexGuard<'_, Queue>) {
+    q.flushing = false;
+    if q.frames.capacity() > KEEP_SLOTS {
+        q.frames = VecDeque::new();
+    }
+    let wake = q.waiters > 0;
+    drop(q);
+    if wake {
+        shared.room.notify_waiters();
+    }
+}
+
+/// The socket failed: nothing more can be written; the session ends without a close
+/// frame.
+fn fail(shared: &Shared, mut q: MutexGuard<'_, Queue>) {
+    q.frames.clear();
+    q.head_written = 0;
+    q.sealed = true;
+    release(shared, q);
+    shared.control.abort();
+}
+
+/// Holds the flush of a connection whose socket was full: waits until the kernel
+/// takes more, writes, and ends when the queue is empty. A close hands the flush to
+/// [`Outbox::finish`], which bounds how long a close may wait for a full socket.
+async fn write_when_writable(outbox: Outbox) {
+    let shared = &outbox.shared;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shared.control.closed() => break,
+            ready = shared.socket.writable() => {
+                if ready.is_err() {
+                    return fail(shared, outbox.lock());
                 }
             }
         }
-        let frame = CloseFrame {
-            code: reason.code(),
-            reason: reason.text().into(),
-        };
-        let _ = sink.send(Message::Close(Some(frame))).await;
-        let _ = sink.close().await;
-    })
-    .await;
+        let mut q = outbox.lock();
+        match write_queued(shared, &mut q) {
+            Ok(true) => return release(shared, q),
+            Ok(false) => continue,
+            Err(_) => return fail(shared, q),
+        }
+    }
+    let mut q = outbox.lock();
+    q.flushing = false;
+    let wake = q.waiters > 0;
+    drop(q);
+    if wake {
+        shared.room.notify_waiters();
+    }
+}
+
+/// Real loopback connections for the unit tests of the outbox and the hub.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use futures_util::StreamExt;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    /// The client end of a test connection.
+    pub struct Peer {
+        pub ws: WebSocketStream<TcpStream>,
+    }
+
+    impl Peer {
+        /// The next text frame, or `None` if none arrives within 200 ms.
+        pub async fn text(&mut self) -> Option<String> {
+            match tokio::time::timeout(Duration::from_millis(200), self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => Some(t.as_str().to_owned()),
+                Ok(other) => panic!("expected a text frame, got {other:?}"),
+                Err(_) => None,
+            }
+        }
+    }
+
+    /// A server-side outbox and the client end of its socket, unread until the
+    /// test reads it.
+    pub async fn connection(capacity: usize) -> (Outbox, Arc<Control>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (outbox, control) = Outbox::new(Socket::new(server), capacity);
+        (outbox, control, client)
+    }
+
+    pub async fn peer(tcp: TcpStream) -> Peer {
+        Peer {
+            ws: WebSocketStream::from_raw_socket(tcp, Role::Client, None).await,
+        }
+    }
+
+    /// Pushes large frames until the socket is full and `n` frames wait in the
+    /// queue; returns how many were pushed.
+    pub fn fill(outbox: &Outbox, n: usize) -> usize {
+        let big = "x".repeat(256 * 1024);
+        let mut pushed = 0;
+        while outbox.queued() < n {
+            assert_eq!(
+                outbox.push(Frame::text(format!("{pushed}:{big}"))),
+                Pushed::Queued
+            );
+            pushed += 1;
+            assert!(pushed < 10_000, "the socket never filled");
+        }
+        pushed
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures_util::StreamExt;
+    use tokio::net::TcpStream;
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::Message;
 
-    fn text(s: &str) -> Outgoing {
-        Outgoing::now(Message::Text(s.into()))
+    async fn pair(capacity: usize) -> (Outbox, Arc<Control>, TcpStream) {
+        testing::connection(capacity).await
+    }
+
+    async fn client(tcp: TcpStream) -> WebSocketStream<TcpStream> {
+        testing::peer(tcp).await.ws
+    }
+
+    use testing::fill;
+
+    #[tokio::test]
+    async fn frames_arrive_in_order_then_the_close_frame_of_the_reason() {
+        let (outbox, control, tcp) = pair(16).await;
+        for i in 0..5 {
+            assert_eq!(outbox.push(Frame::text(i.to_string())), Pushed::Queued);
+        }
+        control.close(CloseReason::Draining);
+        assert!(outbox.finish().await);
+        let mut ws = client(tcp).await;
+        for i in 0..5 {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), i.to_string()),
+                other => panic!("{other:?}"),
+            }
+        }
+        match ws.next().await {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1001),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(outbox.push(Frame::text("late")), Pushed::Gone);
     }
 
     #[tokio::test]
-    async fn full_queue_closes_with_4008() {
-        let (outbox, _rx, control) = Outbox::new(2);
-        assert_eq!(outbox.push(text("a")), Pushed::Queued);
-        assert_eq!(outbox.push(text("b")), Pushed::Queued);
-        assert_eq!(outbox.push(text("c")), Pushed::Overflowed);
-        assert_eq!(outbox.push(text("d")), Pushed::Dropped);
-        assert!(control.is_closing());
+    async fn a_full_socket_queues_and_a_writer_task_drains_it_in_order() {
+        let (outbox, _control, tcp) = pair(1024).await;
+        let pushed = fill(&outbox, 3);
+        let mut ws = client(tcp).await;
+        for i in 0..pushed {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    assert!(
+                        t.as_str().starts_with(&format!("{i}:")),
+                        "frame {i} out of order"
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(outbox.queued(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_closes_with_4008_and_drops_what_waits() {
+        let (outbox, control, tcp) = pair(2).await;
+        let pushed = fill(&outbox, 2);
+        assert_eq!(outbox.push(Frame::text("over")), Pushed::Overflowed);
+        assert_eq!(outbox.push(Frame::text("after")), Pushed::Dropped);
         assert_eq!(control.reason(), Some(CloseReason::SlowConsumer));
+        let reader = tokio::spawn(async move {
+            let mut ws = client(tcp).await;
+            let mut texts = 0;
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(_))) => texts += 1,
+                    Some(Ok(Message::Close(Some(f)))) => return (texts, u16::from(f.code)),
+                    other => panic!("{other:?}"),
+                }
+            }
+        });
+        assert!(outbox.finish().await);
+        let (texts, code) = reader.await.unwrap();
+        assert_eq!(code, 4008);
+        assert!(
+            texts < pushed,
+            "the queued frames were dropped ({texts} of {pushed} arrived)"
+        );
     }
 
     #[tokio::test]
@@ -294,67 +674,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writer_delivers_in_order_then_closes_with_the_reason() {
-        let (outbox, rx, control) = Outbox::new(16);
-        let (sink, mut seen) = futures_channel_pair();
-        for i in 0..5 {
-            outbox.push(text(&i.to_string()));
-        }
-        let metrics = Arc::new(Metrics::new("t"));
-        let writer = tokio::spawn(run_writer(
-            sink,
-            rx,
-            control.clone(),
-            Duration::ZERO,
-            metrics,
-        ));
-        for i in 0..5 {
-            match seen.next().await {
-                Some(Message::Text(t)) => assert_eq!(t.as_str(), i.to_string()),
-                other => panic!("{other:?}"),
-            }
-        }
-        control.close(CloseReason::Draining);
-        writer.await.unwrap();
-        match seen.next().await {
-            Some(Message::Close(Some(f))) => assert_eq!(f.code, 1001),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn slow_consumer_discards_the_queue() {
-        let (outbox, rx, control) = Outbox::new(4);
-        for i in 0..5 {
-            outbox.push(text(&i.to_string()));
-        }
-        let (sink, mut seen) = futures_channel_pair();
-        let metrics = Arc::new(Metrics::new("t"));
-        run_writer(sink, rx, control, Duration::ZERO, metrics).await;
-        match seen.next().await {
-            Some(Message::Close(Some(f))) => assert_eq!(f.code, 4008),
-            other => panic!("expected only the close frame, got {other:?}"),
-        }
-    }
-
-    /// A sink that forwards into a channel the test reads.
-    fn futures_channel_pair() -> (
-        impl Sink<Message, Error = ()> + Unpin,
-        impl futures_util::Stream<Item = Message> + Unpin,
-    ) {
-        let (tx, rx) = mpsc::unbounded_channel::<Message>();
-        let sink = futures_util::sink::unfold(tx, |tx, m: Message| async move {
-            tx.send(m).map_err(|_| ())?;
-            Ok::<_, ()>(tx)
-        });
-        (Box::pin(sink), tokio_stream_from(rx))
-    }
-
-    fn tokio_stream_from(
-        rx: mpsc::UnboundedReceiver<Message>,
-    ) -> impl futures_util::Stream<Item = Message> + Unpin {
-        Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|m| (m, rx))
-        }))
+    async fn send_waits_for_room() {
+        let (outbox, _control, tcp) = pair(2).await;
+        fill(&outbox, 2);
+        let sender = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.send(Frame::text("mine")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !sender.is_finished(),
+            "send must wait while the queue is full"
+        );
+        let mut ws = client(tcp).await;
+        tokio::spawn(async move { while ws.next().await.is_some() {} });
+        assert_eq!(sender.await.unwrap(), Ok(()));
     }
 }

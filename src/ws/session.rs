@@ -3,16 +3,18 @@
 //!
 //! Frames are handled one at a time, in the order the client sent them, and every
 //! reply goes through the connection's [`Outbox`], so replies and messages share one
-//! ordered queue. The writer is a separate task ([`crate::ws::outbox::run_writer`]).
+//! ordered queue. Client frames are parsed by tungstenite over the shared socket
+//! ([`crate::ws::socket::ReadHalf`]); the session answers pings and closes itself.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Message, WebSocket};
-use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::auth::{Identity, permits};
 use crate::backplane::PresenceEntry;
@@ -24,8 +26,23 @@ use crate::protocol::{self, ClientFrame, Op, RequestId};
 use crate::publish::{self, durability};
 use crate::recovery;
 use crate::server::AppState;
-use crate::ws::outbox::{Control, Outbox, Outgoing, run_writer};
+use crate::ws::frame::Frame;
+use crate::ws::handshake::Upgraded;
+use crate::ws::outbox::{Control, Outbox};
 use crate::ws::rate::RateLimiter;
+use crate::ws::socket::ReadHalf;
+
+/// tungstenite reads client frames into a buffer of this size per socket, allocated
+/// with the socket; its default (128 KiB) would cost 12 GiB per 100k connections.
+/// Client frames are small; a larger one still arrives (the buffer grows for it).
+/// Measured in docs/BENCHMARKS.md: 4 KiB of the idle connection's ~12.7 KiB was this
+/// buffer at its old size.
+const READ_BUFFER: usize = 1024;
+/// How long a closed connection waits for the client's close reply (or EOF) before
+/// the socket is dropped, so the client reads our close frame rather than a reset.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+type ClientStream = WebSocketStream<ReadHalf>;
 
 /// The timer of a session whose token never expires.
 const NO_EXPIRY: Duration = Duration::from_secs(86400 * 365);
@@ -47,17 +64,21 @@ struct Session {
 }
 
 /// Runs a connection to its end.
-pub async fn run(socket: WebSocket, state: Arc<AppState>, identity: Identity) {
-    let (sink, mut stream) = socket.split();
+pub async fn run(upgraded: Upgraded, state: Arc<AppState>, identity: Identity) {
     let limits = &state.config.limits;
-    let (outbox, rx, control) = Outbox::new(limits.outbox_messages);
-    let writer = tokio::spawn(run_writer(
-        sink,
-        rx,
-        control.clone(),
-        limits.write_coalesce,
-        state.metrics.clone(),
-    ));
+    let (outbox, control) = Outbox::new(upgraded.socket.clone(), limits.outbox_messages);
+    let max = limits.max_frame_bytes;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let mut stream = WebSocketStream::from_partially_read(
+        ReadHalf::new(upgraded.socket),
+        upgraded.early_bytes,
+        Role::Server,
+        Some(config),
+    )
+    .await;
     let id = state.register_session(control.clone());
     let name = session_name(id);
     let welcome = protocol::welcome_frame(
@@ -65,7 +86,7 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, identity: Identity) {
         &state.config.node_id,
         state.config.ping_interval.as_millis() as u64,
     );
-    outbox.push(Outgoing::now(Message::Text(welcome.into())));
+    outbox.push(Frame::text(welcome));
 
     let presence = presence::entry_for(&name, &identity);
     let mut session = Session {
@@ -73,7 +94,7 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, identity: Identity) {
         limiter: RateLimiter::new(limits.messages_per_sec),
         state: state.clone(),
         id,
-        outbox,
+        outbox: outbox.clone(),
         control: control.clone(),
         identity,
         channels: HashSet::new(),
@@ -81,8 +102,17 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, identity: Identity) {
     session.read_loop(&mut stream).await;
     session.leave_all().await;
     drop(session);
-    // Counted until the socket is really done (the writer has a close deadline).
-    let _ = writer.await;
+    // Counted until the socket is really done (the close has a deadline).
+    if outbox.finish().await {
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(frame)) = stream.next().await {
+                if frame.is_close() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
     state.unregister_session(id);
 }
 
@@ -92,7 +122,7 @@ fn session_name(id: SessionId) -> String {
 }
 
 impl Session {
-    async fn read_loop(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocket>) {
+    async fn read_loop(&mut self, stream: &mut ClientStream) {
         let every = self.state.config.ping_interval;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut last_seen = Instant::now();
@@ -113,7 +143,7 @@ impl Session {
                         self.control.abort();
                         return;
                     }
-                    self.outbox.push(Outgoing::now(Message::Ping(Bytes::new())));
+                    self.outbox.push(Frame::Ping);
                 }
                 frame = stream.next() => {
                     last_seen = Instant::now();
@@ -140,7 +170,7 @@ impl Session {
                                 }
                             }
                         }
-                        Some(Ok(Message::Binary(_))) => {
+                        Some(Ok(Message::Binary(_) | Message::Frame(_))) => {
                             if self.admit() {
                                 self.reply_error(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames");
                             }
@@ -149,7 +179,10 @@ impl Session {
                             self.control.close(CloseReason::Normal);
                             return;
                         }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Ping(payload))) => {
+                            self.outbox.push(Frame::Pong(payload));
+                        }
+                        Some(Ok(Message::Pong(_))) => {}
                     }
                 }
             }
@@ -421,7 +454,7 @@ impl Session {
     }
 
     fn push_text(&self, text: String) {
-        self.outbox.push(Outgoing::now(Message::Text(text.into())));
+        self.outbox.push(Frame::text(text));
     }
 
     fn reply_error(&self, id: Option<RequestId>, code: ErrorCode, message: &str) {
@@ -461,15 +494,6 @@ fn forbidden(what: &str, channel: &str) -> OpError {
 }
 
 /// True when the read failed because a frame or message exceeded the size limit.
-fn is_too_big(e: axum::Error) -> bool {
-    use tokio_tungstenite::tungstenite::Error as WsError;
-    match e.into_inner().downcast::<WsError>() {
-        Ok(e) => matches!(*e, WsError::Capacity(_)),
-        Err(other) => {
-            let text = other.to_string();
-            text.contains("Space limit exceeded")
-                || text.contains("too long")
-                || text.contains("too big")
-        }
-    }
+fn is_too_big(e: WsError) -> bool {
+    matches!(e, WsError::Capacity(_))
 }

@@ -1,5 +1,6 @@
 //! `GET /ws`: the checks an upgrade must pass before any WebSocket frame (PROTOCOL
-//! §2), the socket's buffer sizes, and the hand-off to a session task.
+//! §2), and the hand-off to a session task. The handshake itself (headers, `101`,
+//! taking the socket) is [`crate::ws::handshake`]'s.
 //!
 //! Refusals are HTTP answers: 403 for a foreign Origin, 401 for a missing or invalid
 //! token, 503 while draining or at the connection limit, 503 with `Retry-After` above
@@ -9,23 +10,16 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::api::error_response;
 use crate::error::ErrorCode;
 use crate::server::AppState;
+use crate::ws::handshake::Handshake;
 use crate::ws::session;
-
-/// tungstenite reads into a buffer of this size per socket, allocated with the socket;
-/// its default (128 KiB) would cost 12 GiB per 100k connections. Client frames are
-/// small; a larger one still arrives (the buffer grows for it). Measured in
-/// docs/BENCHMARKS.md: 4 KiB of the idle connection's ~12.7 KiB was this buffer.
-const READ_BUFFER: usize = 1024;
-/// Frames are collected up to this size before a write is forced.
-const WRITE_BUFFER: usize = 8 * 1024;
 
 #[derive(Debug, Deserialize)]
 pub struct UpgradeQuery {
@@ -35,10 +29,16 @@ pub struct UpgradeQuery {
 pub async fn ws_handler(
     State(state): State<Arc<AppState>>,
     Query(query): Query<UpgradeQuery>,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    mut req: Request,
 ) -> Response {
-    if let Err(refusal) = check(&state, &headers, query.token.as_deref()) {
+    let handshake = match Handshake::from_request(&mut req) {
+        Ok(h) => h,
+        Err(e) => {
+            state.metrics.rejected_upgrades.increment(1);
+            return e.into_response();
+        }
+    };
+    if let Err(refusal) = check(&state, req.headers(), query.token.as_deref()) {
         state.metrics.rejected_upgrades.increment(1);
         return refusal.into_response();
     }
@@ -49,18 +49,15 @@ pub async fn ws_handler(
             return error_response(ErrorCode::Unauthorized, &e.to_string());
         }
     };
-    let max = state.config.limits.max_frame_bytes;
-    upgrade
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        // Backpressure is the outbox's job; this only bounds one socket's buffer.
-        .max_write_buffer_size(WRITE_BUFFER + 2 * max)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| {
-            let tracker = state.tracker.clone();
-            tracker.track_future(session::run(socket, state, identity))
-        })
+    let (response, pending) = handshake.accept();
+    let tracker = state.tracker.clone();
+    tracker.spawn(async move {
+        match pending.socket().await {
+            Ok(upgraded) => session::run(upgraded, state, identity).await,
+            Err(e) => tracing::warn!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    response
 }
 
 /// Why an upgrade is refused, before any WebSocket frame.

@@ -1,0 +1,176 @@
+//! One client's TCP connection after the WebSocket handshake, shared by its two users:
+//! the session reads client frames through tungstenite ([`ReadHalf`]), and the outbox
+//! writes server frames straight into the kernel ([`Socket::try_write_frames`]).
+//!
+//! Writes bypass tungstenite on purpose: a server frame is a header plus the shared
+//! payload (see [`crate::ws::frame`]), so a delivery is one `writev` from whichever
+//! thread fans out, with no task wake-up, no per-socket write buffer and no copy. What
+//! tungstenite would write itself (automatic pongs, close replies) is discarded by
+//! [`ReadHalf`]: the session answers pings and closes through the outbox, so every
+//! byte on the wire goes through one ordered queue.
+
+use std::io::{self, IoSlice};
+use std::net::Shutdown;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::ws::frame::{Frame, MAX_HEADER};
+
+/// Most frames handed to one `writev` (two slices each: header and payload).
+pub const FRAMES_PER_WRITE: usize = 32;
+
+pub struct Socket {
+    tcp: TcpStream,
+}
+
+impl Socket {
+    pub fn new(tcp: TcpStream) -> Arc<Self> {
+        Arc::new(Self { tcp })
+    }
+
+    /// Writes as much of `frames` as the kernel takes without blocking, starting `skip`
+    /// bytes into the first frame (the rest of a partial write). Returns the bytes
+    /// written; `WouldBlock` when the socket's send buffer is full.
+    pub fn try_write_frames<'a>(
+        &self,
+        frames: impl IntoIterator<Item = &'a Frame>,
+        skip: usize,
+    ) -> io::Result<usize> {
+        let mut headers = [([0u8; MAX_HEADER], 0usize); FRAMES_PER_WRITE];
+        let mut payloads: [&[u8]; FRAMES_PER_WRITE] = [&[]; FRAMES_PER_WRITE];
+        let mut n = 0;
+        for frame in frames.into_iter().take(FRAMES_PER_WRITE) {
+            headers[n] = frame.header();
+            payloads[n] = frame.payload();
+            n += 1;
+        }
+        let mut slices = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
+        let mut used = 0;
+        let mut skip = skip;
+        for i in 0..n {
+            let (header, len) = &headers[i];
+            let mut header = &header[..*len];
+            let mut payload = payloads[i];
+            if skip > 0 {
+                let h = skip.min(header.len());
+                header = &header[h..];
+                payload = &payload[(skip - h).min(payload.len())..];
+                skip = 0;
+            }
+            if !header.is_empty() {
+                slices[used] = IoSlice::new(header);
+                used += 1;
+            }
+            if !payload.is_empty() {
+                slices[used] = IoSlice::new(payload);
+                used += 1;
+            }
+        }
+        if used == 0 {
+            return Ok(0);
+        }
+        self.tcp.try_write_vectored(&slices[..used])
+    }
+
+    /// Waits until the kernel takes more bytes.
+    pub async fn writable(&self) -> io::Result<()> {
+        self.tcp.writable().await
+    }
+
+    /// Sends FIN after what was written (the close handshake's end on our side).
+    pub fn shutdown_write(&self) {
+        let _ = socket2::SockRef::from(&self.tcp).shutdown(Shutdown::Write);
+    }
+}
+
+/// The reading side given to tungstenite: bytes come from the shared socket; bytes
+/// tungstenite writes (its automatic pong and close replies) are dropped, since the
+/// session sends its own through the outbox.
+pub struct ReadHalf {
+    socket: Arc<Socket>,
+}
+
+impl ReadHalf {
+    pub fn new(socket: Arc<Socket>) -> Self {
+        Self { socket }
+    }
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let tcp = &self.socket.tcp;
+        loop {
+            ready!(tcp.poll_read_ready(cx))?;
+            match tcp.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // Readiness was stale; polling again registers for the next event.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ReadHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    async fn pair() -> (Arc<Socket>, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Socket::new(server), client)
+    }
+
+    #[tokio::test]
+    async fn writing_resumes_exactly_where_a_partial_write_stopped() {
+        let frames = [Frame::text("hello"), Frame::text("world")];
+        let mut whole = Vec::new();
+        for f in &frames {
+            let (h, n) = f.header();
+            whole.extend_from_slice(&h[..n]);
+            whole.extend_from_slice(f.payload());
+        }
+        // Inside the first header, inside its payload, its last byte, its end.
+        for skip in [0, 1, 4, 6, 7] {
+            let (socket, mut client) = pair().await;
+            let n = socket.try_write_frames(&frames, skip).unwrap();
+            assert_eq!(n, whole.len() - skip);
+            let mut got = vec![0u8; n];
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, whole[skip..], "skip {skip}");
+        }
+    }
+}
