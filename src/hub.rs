@@ -15,6 +15,7 @@ use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 
 use crate::metrics::Metrics;
+use crate::ws::coalesce::Coalescer;
 use crate::ws::frame::Frame;
 use crate::ws::outbox::{Flush, Outbox, Pushed};
 
@@ -112,6 +113,8 @@ pub struct Fanout {
 pub struct Hub {
     channels: DashMap<Arc<str>, ChannelState>,
     metrics: Arc<Metrics>,
+    /// Write coalescing, when configured: fan-outs defer their writes to its tick.
+    coalescer: Option<Arc<Coalescer>>,
 }
 
 impl Hub {
@@ -119,6 +122,15 @@ impl Hub {
         Self {
             channels: DashMap::new(),
             metrics,
+            coalescer: None,
+        }
+    }
+
+    /// A hub whose fan-outs are written on `coalescer`'s tick instead of at once.
+    pub fn with_coalescer(metrics: Arc<Metrics>, coalescer: Arc<Coalescer>) -> Self {
+        Self {
+            coalescer: Some(coalescer),
+            ..Self::new(metrics)
         }
     }
 
@@ -253,8 +265,11 @@ impl Hub {
 
     /// Writes what the fan-out queued (the guard is released by now) and counts it.
     fn finish(&self, out: Fanout, flushes: Vec<Flush>, since: Instant) -> Fanout {
-        Flush::run_all(flushes);
-        if out.queued > 0 {
+        match &self.coalescer {
+            Some(c) => c.defer(flushes),
+            None => Flush::run_all(flushes),
+        }
+        if out.queued > 0 && self.coalescer.is_none() {
             self.metrics
                 .delivery_latency
                 .record(since.elapsed().as_secs_f64());

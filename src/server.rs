@@ -30,6 +30,7 @@ use crate::hub::{Hub, SessionId};
 use crate::metrics::Metrics;
 use crate::subscriptions::Subscriptions;
 use crate::tokens::Tokens;
+use crate::ws::coalesce::Coalescer;
 use crate::ws::outbox::Control;
 use crate::ws::upgrade::{ConnectionRate, ws_handler};
 
@@ -130,7 +131,17 @@ impl Node {
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::new(&config.node_id));
-        let hub = Arc::new(Hub::new(metrics.clone()));
+        let hub = if config.limits.write_coalesce.is_zero() {
+            Arc::new(Hub::new(metrics.clone()))
+        } else {
+            let coalescer = Arc::new(Coalescer::new(config.limits.write_coalesce));
+            let stop = shutdown.clone();
+            tokio::spawn({
+                let coalescer = coalescer.clone();
+                async move { coalescer.run(stop).await }
+            });
+            Arc::new(Hub::with_coalescer(metrics.clone(), coalescer))
+        };
         let gap_report = Arc::new(gaps::GapReport::default());
         let (backplane, redis): (Arc<dyn Backplane>, _) = match &config.redis_url {
             None => (Arc::new(MemoryBackplane::new(hub.clone())), None),

@@ -2,6 +2,7 @@
 //! socket it shares, its outgoing queue, the frames the node writes and the
 //! per-connection rate limit.
 
+pub mod coalesce;
 pub mod frame;
 pub mod handshake;
 pub mod outbox;
