@@ -7,6 +7,13 @@
 //! `--reader`) drains the sockets, so its CPU is counted apart; only the writer thread's
 //! CPU (utime + stime of that thread, from /proc/thread-self) is divided by deliveries.
 //!
+//! The reader either polls every socket in turn (`--reader-mode poll`, the default:
+//! nobody ever sleeps on a socket, so a write wakes no one: the lowest cost a write can
+//! have) or waits in epoll like any real client (`--reader-mode epoll`: a tokio task
+//! per socket, so each write that finds its reader asleep also pays the wake-up).
+//! `--rounds-per-sec R` paces the writer like a broadcast at R messages/s (one frame per
+//! socket per round) instead of writing as fast as it can.
+//!
 //! ```text
 //! cargo run --release --example raw_ceiling -- --sockets 1000 --secs 3
 //! ```
@@ -24,6 +31,8 @@ struct Args {
     batches: Vec<usize>,
     frame_bytes: usize,
     nodelay: bool,
+    epoll_reader: bool,
+    rounds_per_sec: f64,
 }
 
 fn parse_args() -> Result<(Args, Option<(String, usize)>), String> {
@@ -33,6 +42,8 @@ fn parse_args() -> Result<(Args, Option<(String, usize)>), String> {
         batches: vec![1, 16],
         frame_bytes: 100,
         nodelay: true,
+        epoll_reader: false,
+        rounds_per_sec: 0.0,
     };
     let mut reader = None;
     let mut it = std::env::args().skip(1);
@@ -51,15 +62,27 @@ fn parse_args() -> Result<(Args, Option<(String, usize)>), String> {
                     .collect::<Result<_, _>>()?
             }
             "--no-nodelay" => args.nodelay = false,
+            "--reader-mode" => match val("--reader-mode")?.as_str() {
+                "poll" => args.epoll_reader = false,
+                "epoll" => args.epoll_reader = true,
+                other => return Err(format!("--reader-mode poll|epoll, not {other}")),
+            },
+            "--rounds-per-sec" => {
+                args.rounds_per_sec = val("--rounds-per-sec")?
+                    .parse()
+                    .map_err(|e| format!("{e}"))?
+            }
             "--reader" => {
                 let addr = val("--reader")?;
                 let n = val("--reader")?.parse().map_err(|e| format!("{e}"))?;
+                args.epoll_reader = val("--reader")? == "epoll";
                 reader = Some((addr, n));
             }
             "-h" | "--help" => {
                 return Err(
                     "usage: raw_ceiling [--sockets M] [--secs S] [--batches 1,16] \
-                            [--frame-bytes 100] [--no-nodelay]"
+                            [--frame-bytes 100] [--no-nodelay] [--reader-mode poll|epoll] \
+                            [--rounds-per-sec R]"
                         .into(),
                 );
             }
@@ -81,7 +104,11 @@ fn main() {
         }
     };
     if let Some((addr, n)) = reader {
-        run_reader(&addr, n);
+        if args.epoll_reader {
+            run_epoll_reader(&addr, n);
+        } else {
+            run_reader(&addr, n);
+        }
         return;
     }
     if let Err(e) = run_writer(&args) {
@@ -128,6 +155,29 @@ fn run_reader(addr: &str, n: usize) {
     }
 }
 
+/// The epoll-waiting side: one tokio task per connection on a current-thread runtime,
+/// each asleep in `read().await` until data arrives (how client libraries read).
+fn run_epoll_reader(addr: &str, n: usize) {
+    use tokio::io::AsyncReadExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let mut s = tokio::net::TcpStream::connect(addr)
+                .await
+                .expect("reader connect");
+            tasks.spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(1..) = s.read(&mut buf).await {}
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    });
+}
+
 /// CPU seconds of the calling thread (utime + stime).
 fn thread_cpu() -> f64 {
     proc_cpu("/proc/thread-self/stat")
@@ -170,8 +220,9 @@ fn frame(bytes: usize) -> Vec<u8> {
 fn run_writer(args: &Args) -> std::io::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
+    let mode = if args.epoll_reader { "epoll" } else { "poll" };
     let mut child: Child = Command::new(std::env::current_exe()?)
-        .args(["--reader", &addr.to_string(), &args.sockets.to_string()])
+        .args(["--reader", &addr.to_string(), &args.sockets.to_string(), mode])
         .stdin(Stdio::null())
         .spawn()?;
     let mut socks = Vec::with_capacity(args.sockets);
@@ -193,11 +244,19 @@ fn run_writer(args: &Args) -> std::io::Result<()> {
         let (cpu0, run0) = (thread_cpu(), thread_runtime());
         let start = Instant::now();
         let mut writes: u64 = 0;
+        let mut rounds = 0u64;
         while start.elapsed().as_secs_f64() < args.secs {
             for s in socks.iter_mut() {
                 s.write_all(&buf)?;
             }
             writes += socks.len() as u64;
+            rounds += 1;
+            if args.rounds_per_sec > 0.0 {
+                let due = Duration::from_secs_f64(rounds as f64 / args.rounds_per_sec);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
         }
         let wall = start.elapsed().as_secs_f64();
         let cpu = thread_cpu() - cpu0;
@@ -209,6 +268,8 @@ fn run_writer(args: &Args) -> std::io::Result<()> {
             "frames_per_write": batch,
             "sockets": args.sockets,
             "frame_bytes": args.frame_bytes,
+            "reader_mode": mode,
+            "rounds_per_sec": args.rounds_per_sec,
             "writes": writes,
             "deliveries": deliveries,
             "wall_s": wall,

@@ -69,6 +69,7 @@ PUBLISHERS=${PUBLISHERS:-64}
 DURABLE_RATES=${DURABLE_RATES:-"5000 20000"}
 CEILING_SOCKETS=${CEILING_SOCKETS:-1000}
 CEILING_SECS=${CEILING_SECS:-3}
+CEILING_PACE=${CEILING_PACE:-25}
 
 mkdir -p "$OUT"
 LOG="$OUT/run.log"
@@ -211,6 +212,11 @@ for scenario in $SCENARIOS; do
       echo "== ceiling (run $rep/$REPEAT)" | tee -a "$LOG"
       "$CEILING" --sockets "$CEILING_SOCKETS" --secs "$CEILING_SECS" --batches 1,16 \
         >"$OUT/ceiling.$rep.json" 2> >(tee -a "$LOG" >&2)
+      # Broadcast-shaped: one frame per socket per round, CEILING_PACE rounds/s, and
+      # readers asleep in epoll like the load tool's (each write pays their wake-up).
+      "$CEILING" --sockets "$CEILING_SOCKETS" --secs "$CEILING_SECS" --batches 1 \
+        --reader-mode epoll --rounds-per-sec "$CEILING_PACE" \
+        >"$OUT/ceiling-paced.$rep.json" 2> >(tee -a "$LOG" >&2)
     done
     ;;
   idle)

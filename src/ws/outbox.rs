@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -48,6 +48,9 @@ pub struct Control {
     token: CancellationToken,
     /// 0: no close frame (the peer is gone); else 1 + index of the [`CloseReason`].
     reason: AtomicU8,
+    /// Set before `token` is cancelled: the check on every delivery is one load,
+    /// where the token's own check takes a lock.
+    closing: AtomicBool,
 }
 
 const REASONS: [CloseReason; 7] = [
@@ -68,13 +71,14 @@ impl Control {
             .reason
             .compare_exchange(0, idx, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
-            && !self.token.is_cancelled();
+            && !self.closing.swap(true, Ordering::AcqRel);
         self.token.cancel();
         won
     }
 
     /// Ends the connection without a close frame (the peer vanished or the write failed).
     pub fn abort(&self) {
+        self.closing.store(true, Ordering::Release);
         self.token.cancel();
     }
 
@@ -86,7 +90,7 @@ impl Control {
     }
 
     pub fn is_closing(&self) -> bool {
-        self.token.is_cancelled()
+        self.closing.load(Ordering::Acquire)
     }
 
     pub async fn closed(&self) {
@@ -393,7 +397,7 @@ impl Flush {
         if let Some(first) = self.first.take() {
             if q.frames.is_empty() {
                 // The common case, an idle connection: one `writev`, nothing queued.
-                match shared.socket.try_write_frames([&first], 0) {
+                match shared.socket.try_write_frame(&first) {
                     Ok(n) if n == first.wire_len() => {}
                     Ok(n) => {
                         q.frames.push_front(first);
