@@ -222,7 +222,12 @@ fn run_writer(args: &Args) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     let mode = if args.epoll_reader { "epoll" } else { "poll" };
     let mut child: Child = Command::new(std::env::current_exe()?)
-        .args(["--reader", &addr.to_string(), &args.sockets.to_string(), mode])
+        .args([
+            "--reader",
+            &addr.to_string(),
+            &args.sockets.to_string(),
+            mode,
+        ])
         .stdin(Stdio::null())
         .spawn()?;
     let mut socks = Vec::with_capacity(args.sockets);
