@@ -34,7 +34,7 @@ if [[ $QUICK == 1 ]]; then
   BCAST_RATES_2000=${BCAST_RATES_2000:-"10 40"}
   MANY_N=${MANY_N:-2000}; MANY_K=${MANY_K:-1000}; MANY_RATES=${MANY_RATES:-"2000"}
   DURABLE_RATES=${DURABLE_RATES:-"2000"}
-  COALESCE_N=${COALESCE_N:-2000}; COALESCE_RATE=${COALESCE_RATE:-40}
+  COALESCE_N=${COALESCE_N:-500}; COALESCE_RATE=${COALESCE_RATE:-500}; COALESCE=${COALESCE:-5ms}
   CEILING_SOCKETS=${CEILING_SOCKETS:-500}; CEILING_SECS=${CEILING_SECS:-2}
 fi
 # Idle: connections on one node (RSS per connection). Over 19,900 the open-file limit
@@ -53,14 +53,19 @@ BCAST_RATES_10000=${BCAST_RATES_10000:-"5 10 20 40"}
 BCAST_P99_LIMIT_US=${BCAST_P99_LIMIT_US:-50000}
 BCAST_STOP_ON_P99=${BCAST_STOP_ON_P99:-0}
 # Broadcast again with write coalescing on (server.write_coalesce).
-COALESCE=${COALESCE:-2ms}
-COALESCE_N=${COALESCE_N:-10000}
-COALESCE_RATE=${COALESCE_RATE:-20}
+# A high-rate channel: without coalescing every frame is a write() of its own (or a
+# backlog builds); with it, a socket's frames of one tick share a write().
+COALESCE=${COALESCE:-"5ms 10ms"}
+COALESCE_N=${COALESCE_N:-500}
+COALESCE_RATE=${COALESCE_RATE:-1000}
 # Many channels: MANY_N clients, each on 1 of MANY_K channels, 2 nodes, HTTP publishes.
 MANY_N=${MANY_N:-10000}
 MANY_K=${MANY_K:-5000}
 MANY_RATES=${MANY_RATES:-"5000 20000"}
 MANY_VIA=${MANY_VIA:-http}
+# The many-channel runs once per way of publishing: http (POST /api/publish), ws (the
+# publish op), redis (PUBLISH straight into Redis, as a backend may: no node ingress).
+MANY_VIAS=${MANY_VIAS:-"http ws redis"}
 # The Socket.IO reference point's shape: clients:channels:publishes/s.
 MANY_REF=${MANY_REF:-"2000:1000:2000"}
 # Publisher connections per node, one request in flight each (20k/s needs many while
@@ -290,11 +295,17 @@ for scenario in $SCENARIOS; do
     done
     ;;
   coalesce)
-    cfg="$OUT/bench-coalesce.toml"
-    sed "s/^ping_interval = .*/&\nwrite_coalesce = \"$COALESCE\"/" "$CONFIG" >"$cfg"
-    NODES=2 NODE_CONFIG=$cfg bench "bcast-$COALESCE_N-r$COALESCE_RATE-coalesce$COALESCE" \
+    # The same high-rate channel without coalescing, for the comparison.
+    NODES=2 NODE_CONFIG=$CONFIG bench "bcast-$COALESCE_N-r$COALESCE_RATE" \
       -n "$COALESCE_N" --channels 1 --rate "$COALESCE_RATE" --duration "$DURATION" \
       --drain "$DRAIN" --publishers 16
+    for tick in $COALESCE; do
+      cfg="$OUT/bench-coalesce-$tick.toml"
+      sed "s/^ping_interval = .*/&\nwrite_coalesce = \"$tick\"/" "$CONFIG" >"$cfg"
+      NODES=2 NODE_CONFIG=$cfg bench "bcast-$COALESCE_N-r$COALESCE_RATE-coalesce$tick" \
+        -n "$COALESCE_N" --channels 1 --rate "$COALESCE_RATE" --duration "$DURATION" \
+        --drain "$DRAIN" --publishers 16
+    done
     ;;
   manyref)
     IFS=: read -r rn rk rr <<<"$MANY_REF"
@@ -303,10 +314,14 @@ for scenario in $SCENARIOS; do
       --publishers "$PUBLISHERS"
     ;;
   many)
-    for rate in $MANY_RATES; do
-      NODES=2 NODE_CONFIG=$CONFIG bench "many-$MANY_N-$MANY_K-r$rate" -n "$MANY_N" \
-        --channels "$MANY_K" --rate "$rate" --duration "$DURATION" --drain "$DRAIN" \
-        --via "$MANY_VIA" --publishers "$PUBLISHERS"
+    for via in $MANY_VIAS; do
+      suffix=""
+      [[ $via != http ]] && suffix="-$via"
+      for rate in $MANY_RATES; do
+        NODES=2 NODE_CONFIG=$CONFIG bench "many-$MANY_N-$MANY_K-r$rate$suffix" -n "$MANY_N" \
+          --channels "$MANY_K" --rate "$rate" --duration "$DURATION" --drain "$DRAIN" \
+          --via "$via" --redis "redis://127.0.0.1:$REDIS_PORT" --publishers "$PUBLISHERS"
+      done
     done
     ;;
   durable)

@@ -32,8 +32,11 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 mod http;
 #[path = "herald_bench/procfs.rs"]
 mod procfs;
+#[path = "herald_bench/resp.rs"]
+mod resp;
 
 use http::HttpConn;
+use resp::RespConn;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Via {
@@ -43,6 +46,9 @@ enum Via {
     Ws,
     /// Alternating, publish by publish.
     Both,
+    /// `PUBLISH` straight into Redis (`--redis`), as a backend may (plain channels
+    /// only): the nodes do no ingress work, only pub/sub receipt and fan-out.
+    Redis,
 }
 
 /// Load generator and meter for Herald nodes (loopback only).
@@ -120,6 +126,12 @@ struct Args {
     /// Bearer key for /api/publish (where the nodes require one).
     #[arg(long, env = "HERALD_BENCH_API_KEY")]
     api_key: Option<String>,
+    /// The Redis the nodes use, for `--via redis` (redis://127.0.0.1:PORT).
+    #[arg(long)]
+    redis: Option<String>,
+    /// The nodes' key prefix, for `--via redis`.
+    #[arg(long, default_value = "herald")]
+    redis_prefix: String,
     /// No table, only JSON.
     #[arg(long)]
     quiet: bool,
@@ -229,6 +241,9 @@ struct Plan {
     frame_bytes: usize,
     api_key: Option<String>,
     ws_config: WebSocketConfig,
+    /// Where `--via redis` publishes.
+    redis: Option<SocketAddr>,
+    redis_prefix: String,
 }
 
 impl Plan {
@@ -489,6 +504,47 @@ async fn http_publisher(node: SocketAddr, plan: Arc<Plan>, sh: Arc<Shared>, jobs
     }
 }
 
+async fn redis_publisher(plan: Arc<Plan>, sh: Arc<Shared>, jobs: JobQueue) {
+    let Some(addr) = plan.redis else {
+        return;
+    };
+    let mut conn: Option<RespConn> = None;
+    let mut frame = Vec::with_capacity(256);
+    loop {
+        let Some(seq) = jobs.lock().await.recv().await else {
+            return;
+        };
+        if conn.is_none() {
+            match RespConn::connect(addr).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    stamp(&sh, seq);
+                    mark_published(&sh, seq, false, Some(format!("redis connect: {e}")));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("connected");
+        let channel = plan.channel(seq);
+        let t = stamp(&sh, seq);
+        frame.clear();
+        frame.extend_from_slice(b"{\"type\":\"message\",\"channel\":\"");
+        frame.extend_from_slice(channel.as_bytes());
+        frame.extend_from_slice(b"\",\"data\":");
+        frame.extend_from_slice(plan.data(&channel, seq, t).as_bytes());
+        frame.push(b'}');
+        let key = format!("{}:{{{channel}}}:ch", plan.redis_prefix);
+        match c.publish(&key, &frame).await {
+            Ok(_) => mark_published(&sh, seq, true, None),
+            Err(e) => {
+                mark_published(&sh, seq, false, Some(format!("redis: {e}")));
+                conn = None;
+            }
+        }
+    }
+}
+
 async fn ws_publisher(
     index: usize,
     node: SocketAddr,
@@ -650,6 +706,24 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
             "bench:".into()
         }
     });
+    let redis = match (&args.via, &args.redis) {
+        (Via::Redis, None) => anyhow::bail!("--via redis needs --redis redis://127.0.0.1:PORT"),
+        (Via::Redis, _) if args.durable => {
+            anyhow::bail!(
+                "--via redis publishes plain channels only (durable ones need Herald's script)"
+            )
+        }
+        (_, Some(url)) => {
+            let hostport = url.strip_prefix("redis://").unwrap_or(url);
+            let addr: SocketAddr = hostport
+                .trim_end_matches('/')
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--redis {url}: {e} (expected redis://IP:PORT)"))?;
+            anyhow::ensure!(addr.ip().is_loopback(), "--redis must be on loopback");
+            Some(addr)
+        }
+        (_, None) => None,
+    };
     let plan = Arc::new(Plan {
         nodes: args.nodes.clone(),
         source_ips: args.source_ips.clone(),
@@ -660,6 +734,8 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         via: args.via,
         frame_bytes: args.frame_bytes,
         api_key: args.api_key.clone(),
+        redis,
+        redis_prefix: args.redis_prefix.clone(),
         ws_config: WebSocketConfig::default()
             .read_buffer_size(4096)
             .write_buffer_size(0)
@@ -788,6 +864,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
             Via::Http => &[Via::Http],
             Via::Ws => &[Via::Ws],
             Via::Both => &[Via::Http, Via::Ws],
+            Via::Redis => &[Via::Redis],
         };
         let cap = ((args.rate / 100.0) as usize).clamp(64, 8192);
         let mut senders = Vec::new();
@@ -801,6 +878,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
                     let (plan, sh, rx, node) = (plan.clone(), sh.clone(), rx.clone(), *node);
                     workers.push(match way {
                         Via::Http => tokio::spawn(http_publisher(node, plan, sh, rx)),
+                        Via::Redis => tokio::spawn(redis_publisher(plan, sh, rx)),
                         _ => tokio::spawn(ws_publisher(
                             args.connections + ni * 1000 + w,
                             node,
@@ -1196,6 +1274,8 @@ mod tests {
             via: Via::Http,
             frame_bytes: 100,
             api_key: None,
+            redis: None,
+            redis_prefix: "herald".into(),
             ws_config: WebSocketConfig::default(),
         }
     }
