@@ -174,3 +174,34 @@ async fn publish_to_many_channels_over_http() {
     assert_eq!(status, 400);
     assert!(c.next_message(Duration::from_millis(200)).await.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_coalescing_keeps_every_message_in_order_across_nodes() {
+    let redis = Redis::start();
+    let coalescing = |id| {
+        let mut c = config(Some(&redis), id);
+        c.limits.write_coalesce = Duration::from_millis(20);
+        c
+    };
+    let a = start(coalescing("a")).await;
+    let b = start(coalescing("b")).await;
+    let mut clients = Vec::new();
+    for node in [&a, &b, &a, &b] {
+        let mut c = Client::connect(node.addr).await;
+        c.subscribe("ticks").await;
+        c.subscribe("other").await;
+        clients.push(c);
+    }
+    let mut publisher = Client::connect(a.addr).await;
+    for i in 0..200 {
+        // Two channels interleaved: one socket's frames of both share the ticks.
+        let channel = if i % 2 == 0 { "ticks" } else { "other" };
+        publisher.publish(channel, json!(i)).await;
+    }
+    for c in &mut clients {
+        assert_eq!(
+            numbers(&c.messages(200, Duration::from_secs(10)).await),
+            (0..200).collect::<Vec<_>>()
+        );
+    }
+}
