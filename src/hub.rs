@@ -227,7 +227,8 @@ impl Hub {
             let Some(entry) = self.channels.get_mut(channel) else {
                 return Fanout::default();
             };
-            let mut flushes = Vec::new();
+            // At most one flush per subscriber: sized once, never regrown.
+            let mut flushes = Vec::with_capacity(entry.subscribers.len());
             let out = self.fan_out_plain(&entry, frame, &mut flushes);
             drop(entry);
             return self.finish(out, flushes, since);
@@ -257,7 +258,7 @@ impl Hub {
         }
         let epoch: Arc<str> = epoch.into();
         entry.position = Some((epoch.clone(), off));
-        let mut flushes = Vec::new();
+        let mut flushes = Vec::with_capacity(entry.subscribers.len());
         let out = self.fan_out_durable(&mut entry, frame, off, &epoch, &mut flushes);
         drop(entry);
         self.finish(out, flushes, since)
