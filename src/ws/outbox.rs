@@ -227,62 +227,78 @@ impl Outbox {
     /// Queues a frame of the session's own (a reply, history), waiting for room: the
     /// session may wait on its own socket, but not forever.
     pub async fn send(&self, frame: Frame) -> Result<(), Pushed> {
-        let deadline = Instant::now() + SEND_TIMEOUT;
         let mut frame = Some(frame);
-        loop {
-            let notified = self.shared.room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut q = self.lock();
+        let mut outcome = None;
+        let deadline = Instant::now() + SEND_TIMEOUT;
+        let ready = self
+            .wait_until(Some(deadline), |q| {
                 if q.sealed || self.shared.control.is_closing() {
-                    return Err(Pushed::Gone);
+                    return true;
                 }
-                if !q.flushing || q.frames.len() < self.shared.capacity {
-                    let Some(f) = frame.take() else {
-                        return Err(Pushed::Gone);
-                    };
-                    let (pushed, flush) = self.enqueue_locked(&mut q, f);
-                    drop(q);
-                    if let Some(flush) = flush {
-                        flush.run();
-                    }
-                    return if pushed == Pushed::Queued {
-                        Ok(())
-                    } else {
-                        Err(pushed)
-                    };
+                if q.flushing && q.frames.len() >= self.shared.capacity {
+                    return false;
                 }
-                q.waiters += 1;
+                outcome = frame.take().map(|f| self.enqueue_locked(q, f));
+                true
+            })
+            .await;
+        if !ready {
+            self.shared.control.close(CloseReason::SlowConsumer);
+            return Err(Pushed::Dropped);
+        }
+        match outcome {
+            Some((Pushed::Queued, flush)) => {
+                if let Some(flush) = flush {
+                    flush.run();
+                }
+                Ok(())
             }
-            let timed_out = tokio::time::timeout_at(deadline, notified).await.is_err();
-            self.lock().waiters -= 1;
-            if timed_out {
-                self.shared.control.close(CloseReason::SlowConsumer);
-                return Err(Pushed::Dropped);
-            }
+            Some((pushed, _)) => Err(pushed),
+            None => Err(Pushed::Gone),
         }
     }
 
     /// Waits (briefly) until at least `room` more frames fit into the queue.
     pub async fn wait_for_room(&self, room: usize) {
+        let capacity = self.shared.capacity;
         let deadline = Instant::now() + SEND_TIMEOUT;
+        self.wait_until(Some(deadline), |q| {
+            capacity.saturating_sub(q.frames.len()) >= room
+                || q.sealed
+                || self.shared.control.is_closing()
+        })
+        .await;
+    }
+
+    /// Waits until `ready`, run under the queue's lock, says yes (true), or until
+    /// `deadline` (false). The room signal is armed before each check, so a change
+    /// between the check and the wait is never missed.
+    async fn wait_until(
+        &self,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut(&mut Queue) -> bool,
+    ) -> bool {
         loop {
             let notified = self.shared.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
                 let mut q = self.lock();
-                let free = self.shared.capacity.saturating_sub(q.frames.len());
-                if free >= room || q.sealed || self.shared.control.is_closing() {
-                    return;
+                if ready(&mut q) {
+                    return true;
                 }
                 q.waiters += 1;
             }
-            let timed_out = tokio::time::timeout_at(deadline, notified).await.is_err();
+            let woke = match deadline {
+                Some(at) => tokio::time::timeout_at(at, notified).await.is_ok(),
+                None => {
+                    notified.await;
+                    true
+                }
+            };
             self.lock().waiters -= 1;
-            if timed_out {
-                return;
+            if !woke {
+                return false;
             }
         }
     }
@@ -337,21 +353,8 @@ impl Outbox {
 
     /// Waits until nobody holds the flush, then holds it (for [`Outbox::finish`]).
     async fn take_flush(&self) {
-        loop {
-            let notified = self.shared.room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut q = self.lock();
-                if !q.flushing {
-                    q.flushing = true;
-                    return;
-                }
-                q.waiters += 1;
-            }
-            notified.await;
-            self.lock().waiters -= 1;
-        }
+        self.wait_until(None, |q| !std::mem::replace(&mut q.flushing, true))
+            .await;
     }
 
     #[cfg(test)]
