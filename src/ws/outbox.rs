@@ -117,7 +117,8 @@ struct Queue {
     /// Bytes of the front frame already written by a partial write.
     head_written: usize,
     /// Someone holds the [`Flush`]: only it writes; everybody else appends.
-    /// Invariant: when false, `frames` is empty.
+    /// When false, `frames` is empty, except after a close, when the writer task hands
+    /// what is left to [`Outbox::finish`] (no push is accepted by then).
     flushing: bool,
     /// The connection is closing: nothing is accepted any more.
     sealed: bool,
