@@ -229,7 +229,8 @@ impl Hub {
             };
             // At most one flush per subscriber: sized once, never regrown.
             let mut flushes = Vec::with_capacity(entry.subscribers.len());
-            let out = self.fan_out_plain(&entry, frame, &mut flushes);
+            let wire = Frame::framed_text(frame);
+            let out = self.fan_out_plain(&entry, frame, &wire, &mut flushes);
             drop(entry);
             return self.finish(out, flushes, since);
         };
@@ -259,7 +260,8 @@ impl Hub {
         let epoch: Arc<str> = epoch.into();
         entry.position = Some((epoch.clone(), off));
         let mut flushes = Vec::with_capacity(entry.subscribers.len());
-        let out = self.fan_out_durable(&mut entry, frame, off, &epoch, &mut flushes);
+        let wire = Frame::framed_text(frame);
+        let out = self.fan_out_durable(&mut entry, frame, &wire, off, &epoch, &mut flushes);
         drop(entry);
         self.finish(out, flushes, since)
     }
@@ -280,16 +282,18 @@ impl Hub {
 
     /// The loop of non-blocking appends; the caller holds the channel's guard across
     /// it, and across nothing else (no await, no other map, no write).
+    /// `frame` is the message, `wire` the same framed once for the sockets.
     fn fan_out_plain(
         &self,
         state: &ChannelState,
         frame: &Utf8Bytes,
+        wire: &Frame,
         flushes: &mut Vec<Flush>,
     ) -> Fanout {
         let mut out = Fanout::default();
         for sub in &state.subscribers {
             match &sub.route {
-                Route::Live => self.push(sub, frame, &mut out, flushes),
+                Route::Live => self.push(sub, wire, &mut out, flushes),
                 Route::Buffer(buffer) => buffer_frame(buffer, None, frame, &mut out),
             }
         }
@@ -301,6 +305,7 @@ impl Hub {
         &self,
         state: &mut ChannelState,
         frame: &Utf8Bytes,
+        wire: &Frame,
         off: u64,
         epoch: &Arc<str>,
         flushes: &mut Vec<Flush>,
@@ -309,7 +314,7 @@ impl Hub {
         for sub in &mut state.subscribers {
             match &sub.route {
                 Route::Live => match next_in_sequence(&mut sub.seq, off, epoch) {
-                    Next::Deliver => self.push(sub, frame, &mut out, flushes),
+                    Next::Deliver => self.push(sub, wire, &mut out, flushes),
                     Next::Skip => {}
                     Next::Gap => self.close_for_gap(sub),
                 },
@@ -321,14 +326,8 @@ impl Hub {
         out
     }
 
-    fn push(
-        &self,
-        sub: &Subscriber,
-        frame: &Utf8Bytes,
-        out: &mut Fanout,
-        flushes: &mut Vec<Flush>,
-    ) {
-        let (pushed, flush) = sub.outbox.enqueue(Frame::Text(frame.clone()));
+    fn push(&self, sub: &Subscriber, wire: &Frame, out: &mut Fanout, flushes: &mut Vec<Flush>) {
+        let (pushed, flush) = sub.outbox.enqueue(wire.clone());
         flushes.extend(flush);
         match pushed {
             Pushed::Queued => out.queued += 1,

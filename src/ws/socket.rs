@@ -36,6 +36,9 @@ impl Socket {
     /// fan-out's common case, without the batch path's slice arrays.
     pub fn try_write_frame(&self, frame: &Frame) -> io::Result<usize> {
         let (header, len) = frame.header();
+        if len == 0 {
+            return self.tcp.try_write(frame.payload());
+        }
         let slices = [IoSlice::new(&header[..len]), IoSlice::new(frame.payload())];
         self.tcp.try_write_vectored(&slices)
     }
