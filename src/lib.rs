@@ -11,8 +11,8 @@
 //! 3. Each node's backplane reader validates the payload once and gives the shared
 //!    bytes to the [`hub`], which appends them to the bounded queue of every local
 //!    subscriber ([`ws::outbox`]). A full queue closes that one client (4008).
-//! 4. Right after, still on the reader's thread, each idle connection's frame goes
-//!    into its socket with one `writev` ([`ws::socket`], [`ws::frame`]); a socket
+//! 4. Right after, still on the reader's thread, each idle connection gets the frame
+//!    (framed once per message) with one `write` ([`ws::socket`], [`ws::frame`]); a socket
 //!    whose kernel buffer is full gets a writer task until its queue is empty, and
 //!    writes everything queued at once. The HTTP side ([`listener`]) hands the raw
 //!    socket over at the upgrade ([`ws::handshake`]).
