@@ -311,7 +311,7 @@ impl Outbox {
     /// Ends the outgoing side once the session is over: nothing more is accepted; a
     /// slow consumer's queue is dropped, a draining or normal close first delivers
     /// what was accepted; then the close frame [`Control`] asks for, within
-    /// [`CLOSE_WRITE_TIMEOUT`], and FIN. Returns whether a close frame went out.
+    /// `CLOSE_WRITE_TIMEOUT` (5 s), and FIN. Returns whether a close frame went out.
     pub async fn finish(&self) -> bool {
         let reason = self.shared.control.reason();
         {
