@@ -88,7 +88,7 @@ mod tests {
         assert_eq!(flushes.len(), 1, "only the first frame takes the flush");
         coalescer.defer(flushes);
         let mut p = peer(tcp).await;
-        assert_eq!(p.text().await, None, "nothing is written before the tick");
+        assert!(p.silent().await, "nothing is written before the tick");
         for i in 0..3 {
             let next = tokio::time::timeout(Duration::from_secs(2), p.ws.next()).await;
             match next {

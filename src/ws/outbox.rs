@@ -542,9 +542,18 @@ pub(crate) mod testing {
     }
 
     impl Peer {
-        /// The next text frame, or `None` if none arrives within 200 ms.
+        /// The next text frame (waiting up to 5 s, for a loaded machine).
         pub async fn text(&mut self) -> Option<String> {
-            match tokio::time::timeout(Duration::from_millis(200), self.ws.next()).await {
+            self.text_within(Duration::from_secs(5)).await
+        }
+
+        /// True when no frame arrives within 200 ms.
+        pub async fn silent(&mut self) -> bool {
+            self.text_within(Duration::from_millis(200)).await.is_none()
+        }
+
+        async fn text_within(&mut self, limit: Duration) -> Option<String> {
+            match tokio::time::timeout(limit, self.ws.next()).await {
                 Ok(Some(Ok(Message::Text(t)))) => Some(t.as_str().to_owned()),
                 Ok(other) => panic!("expected a text frame, got {other:?}"),
                 Err(_) => None,
