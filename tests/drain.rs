@@ -12,20 +12,6 @@ use support::*;
 const CLIENTS: usize = 20;
 const DRAIN: Duration = Duration::from_secs(2);
 
-/// Waits for the child to exit without blocking the runtime; its exit code, if any.
-async fn exit_code(node: &mut NodeProcess, limit: Duration) -> Option<Option<i32>> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(Some(status)) = node.child.try_wait() {
-            return Some(status.code());
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// An upgrade attempt while draining: the HTTP status it was refused with (None when it
 /// succeeded) and the refusal's body.
 async fn try_upgrade(addr: SocketAddr) -> Result<Option<(u16, String)>, String> {
@@ -112,11 +98,9 @@ async fn drains_on(signal: &str) {
     );
 
     let deadline = signalled + DRAIN + Duration::from_secs(3);
-    let code = exit_code(
-        &mut node,
-        deadline.saturating_duration_since(Instant::now()),
-    )
-    .await;
+    let code = node
+        .exit_code(deadline.saturating_duration_since(Instant::now()))
+        .await;
     let exited_after = signalled.elapsed();
     assert_eq!(
         code,

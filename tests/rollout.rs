@@ -111,21 +111,6 @@ impl Drop for Fleet {
     }
 }
 
-/// Waits for the child to exit without blocking the runtime: Some(exit code) or None
-/// when it is still running after `limit`.
-async fn exit_code(node: &mut NodeProcess, limit: Duration) -> Option<Option<i32>> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(Some(status)) = node.child.try_wait() {
-            return Some(status.code());
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// `n` distinct free ports.
 fn free_ports(n: usize) -> Vec<u16> {
     let mut ports: Vec<u16> = Vec::new();
@@ -698,7 +683,7 @@ async fn rolling_restart_keeps_every_client_and_every_offset() {
         // Drain period plus a margin: after the drain the node closes its two Redis
         // connections, which alone took up to 1.7 s each in a debug build on a loaded
         // 2-core machine (tests/drain.rs checks + 3 s with fewer clients).
-        let code = exit_code(&mut nodes[i], DRAIN + Duration::from_secs(5)).await;
+        let code = nodes[i].exit_code(DRAIN + Duration::from_secs(5)).await;
         let exited_after = signalled.elapsed();
         assert_eq!(
             code,

@@ -112,10 +112,13 @@ function redisPing(port) {
   });
 }
 
-/** A throwaway redis-server on a free port (never 6379), no persistence. */
+const MACHINE_REDIS = 6379; // never used by the tests: they start their own
+
+/** A throwaway redis-server on a free port (never the machine's), no persistence. */
 export async function startRedis() {
   const port = await freePort();
-  if (port === 6379) return startRedis();
+  // The machine's own Redis listens on MACHINE_REDIS; a free port never is it, but say so.
+  if (port === MACHINE_REDIS) return startRedis();
   const child = startChild(`redis-${port}`, 'redis-server', [
     '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
   ]);

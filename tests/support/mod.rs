@@ -193,6 +193,21 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
+    /// Waits for the process to exit without blocking the runtime: Some(exit code) or
+    /// None when it is still running after `limit`.
+    pub async fn exit_code(&mut self, limit: Duration) -> Option<Option<i32>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn spawn(args: &[&str]) -> NodeProcess {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
