@@ -49,9 +49,18 @@ const SWEEP_BATCH: i64 = 1000;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the link state is re-checked besides fred's events.
 const LINK_CHECK: Duration = Duration::from_millis(250);
-/// Capacity of fred's pub/sub broadcast channel. A reader this far behind lags, and a
-/// lag on a durable channel is filled from history or closes its subscribers.
-const PUBSUB_CAPACITY: usize = 65_536;
+/// Capacity of fred's pub/sub broadcast channel, the one bounded queue between the
+/// subscriber connection and the hub. When it is full the oldest messages are
+/// overwritten and the reader gets `Lagged`: counted, and on durable channels filled
+/// from history or closed with 4008 (gaps.rs); on plain channels those messages are
+/// lost. The deepest backlog measured (docs/BENCHMARKS.md: 500 subscribers at 1,000
+/// publishes/s, a node behind by seconds) held ~7,000 messages. fred preallocates
+/// this many slots for each of the subscriber's nine event channels, ~80 bytes each:
+/// ~12 MB here (65,536 cost ~48 MB).
+const PUBSUB_CAPACITY: usize = 16_384;
+/// Capacity of the command client's event channels (errors, reconnections, …), which
+/// carry a handful of events a minute: fred's own default.
+const EVENT_CAPACITY: usize = 32;
 /// Channels per SUBSCRIBE command when re-subscribing in bulk.
 const SUBSCRIBE_CHUNK: usize = 500;
 
@@ -148,11 +157,14 @@ impl RedisBackplane {
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = COMMAND_TIMEOUT;
-                p.broadcast_channel_capacity = PUBSUB_CAPACITY;
+                p.broadcast_channel_capacity = EVENT_CAPACITY;
             });
+        // fred preallocates every slot of each of a client's nine event channels; only
+        // the subscriber's message channel needs depth, so only the subscriber gets it.
         let client = builder
             .build()
             .map_err(|e| BackplaneError::Unavailable(e.to_string()))?;
+        builder.with_performance_config(|p| p.broadcast_channel_capacity = PUBSUB_CAPACITY);
         let subscriber = builder
             .build_subscriber_client()
             .map_err(|e| BackplaneError::Unavailable(e.to_string()))?;

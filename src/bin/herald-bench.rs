@@ -635,8 +635,9 @@ async fn scrape_metrics(nodes: &[SocketAddr]) -> Vec<Option<String>> {
     out
 }
 
-const NODE_METRICS: [(&str, &str); 4] = [
+const NODE_METRICS: [(&str, &str); 5] = [
     ("delivered", "herald_messages_delivered_total"),
+    ("backplane_lagged", "herald_backplane_lagged_total"),
     ("dropped", "herald_messages_dropped_total"),
     ("slow_consumer_closes", "herald_slow_consumer_closes_total"),
     ("published", "herald_messages_published_total"),
