@@ -545,6 +545,8 @@ async fn redis_publisher(plan: Arc<Plan>, sh: Arc<Shared>, jobs: JobQueue) {
     }
 }
 
+/// One WebSocket publisher: like the HTTP ones, one publish in flight, the next sent
+/// when the reply to the last one is in (frames it receives meanwhile are skipped).
 async fn ws_publisher(
     index: usize,
     node: SocketAddr,
@@ -552,7 +554,7 @@ async fn ws_publisher(
     sh: Arc<Shared>,
     jobs: JobQueue,
 ) {
-    let ws = match open_ws(&plan, index, node).await {
+    let mut ws = match open_ws(&plan, index, node).await {
         Ok(ws) => ws,
         Err(e) => {
             Shared::count_error(&sh.pub_errors, format!("ws publisher connect: {e}"));
@@ -564,42 +566,50 @@ async fn ws_publisher(
             return;
         }
     };
-    let (mut sink, mut stream) = ws.split();
-    let reader_sh = sh.clone();
-    let reader = tokio::spawn(async move {
-        while let Some(Ok(frame)) = stream.next().await {
-            let Message::Text(t) = frame else { continue };
-            let t = t.as_str();
-            if !t.starts_with("{\"type\":\"reply\"") {
-                continue;
-            }
-            let Some(seq) = number_after(t, "\"id\":") else {
-                Shared::count_error(&reader_sh.pub_errors, t);
-                continue;
-            };
-            if t.contains("\"error\"") {
-                mark_published(&reader_sh, seq, false, Some(t.to_string()));
-            } else {
-                mark_published(&reader_sh, seq, true, None);
-            }
-        }
-    });
+    let mut broken: Option<String> = None;
     loop {
         let Some(seq) = jobs.lock().await.recv().await else {
             break;
         };
+        if let Some(why) = &broken {
+            stamp(&sh, seq);
+            mark_published(&sh, seq, false, Some(why.clone()));
+            continue;
+        }
         let channel = plan.channel(seq);
         let t = stamp(&sh, seq);
         let frame = format!(
             "{{\"op\":\"publish\",\"id\":{seq},\"channel\":\"{channel}\",\"data\":{}}}",
             plan.data(&channel, seq, t)
         );
-        if let Err(e) = sink.send(Message::text(frame)).await {
-            mark_published(&sh, seq, false, Some(format!("ws publish: {e}")));
+        if let Err(e) = ws.send(Message::text(frame)).await {
+            broken = Some(format!("ws publish: {e}"));
+            mark_published(&sh, seq, false, broken.clone());
+            continue;
+        }
+        match ws_reply(&mut ws, seq).await {
+            Ok(None) => mark_published(&sh, seq, true, None),
+            Ok(Some(error)) => mark_published(&sh, seq, false, Some(error)),
+            Err(why) => {
+                mark_published(&sh, seq, false, Some(why.clone()));
+                broken = Some(why);
+            }
         }
     }
-    // Replies still on their way are read until the drain ends.
-    let _ = tokio::time::timeout(Duration::from_secs(30), reader).await;
+}
+
+/// Reads until the reply to `seq`: Ok(None) for a success, Ok(Some(frame)) for an
+/// error reply, Err when the connection ended first.
+async fn ws_reply(ws: &mut Ws, seq: u64) -> Result<Option<String>, String> {
+    while let Some(frame) = ws.next().await {
+        let frame = frame.map_err(|e| format!("ws publisher read: {e}"))?;
+        let Message::Text(t) = frame else { continue };
+        let t = t.as_str();
+        if t.starts_with("{\"type\":\"reply\"") && number_after(t, "\"id\":") == Some(seq) {
+            return Ok(t.contains("\"error\"").then(|| t.to_string()));
+        }
+    }
+    Err("ws publisher: connection closed".into())
 }
 
 // ---- phases -----------------------------------------------------------------------
