@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -90,10 +91,28 @@ fn namespace_for(state: &AppState, channel: &str) -> Result<Namespace, OpError> 
         })
 }
 
+/// The `Idempotency-Key` header, read without copying the request's whole header map
+/// (which axum's `HeaderMap` extractor does, on every publish).
+pub struct IdempotencyKeyHeader(Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKeyHeader {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from),
+        ))
+    }
+}
+
 /// `POST /api/publish`, both forms.
 pub async fn publish(
     State(state): State<Arc<AppState>>,
-    headers: axum::http::HeaderMap,
+    IdempotencyKeyHeader(header_key): IdempotencyKeyHeader,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let body = match body {
@@ -116,12 +135,7 @@ pub async fn publish(
     let Some(data) = req.data else {
         return error_response(ErrorCode::BadRequest, "missing field 'data'");
     };
-    let key = req.idempotency_key.clone().or_else(|| {
-        headers
-            .get("idempotency-key")
-            .and_then(|v| v.to_str().ok())
-            .map(String::from)
-    });
+    let key = req.idempotency_key.clone().or(header_key);
     if let Some(k) = &key
         && let Err(m) = crate::protocol::validate_idempotency_key(k)
     {
