@@ -111,8 +111,10 @@ free_port() {
 # ---- build --------------------------------------------------------------------------
 echo "== build" | tee -a "$LOG"
 cargo build --release --bin herald-bench --bin herald 2>&1 | tail -1 | tee -a "$LOG"
-if [[ " $SCENARIOS " == *" ceiling "* ]]; then
+CEILING_READY=
+if [[ " $SCENARIOS " == *" ceiling "* || " $SCENARIOS " == *" coalesce "* ]]; then
   cargo build --release --example raw_ceiling 2>&1 | tail -1 | tee -a "$LOG"
+  CEILING_READY=1
 fi
 HERALD=$ROOT/target/release/herald
 BENCH=$ROOT/target/release/herald-bench
@@ -300,6 +302,17 @@ for scenario in $SCENARIOS; do
       -n "$COALESCE_N" --channels 1 --rate "$COALESCE_RATE" --duration "$DURATION" \
       --drain "$DRAIN" --publishers 16
     for tick in $COALESCE; do
+      # The raw ceiling at the batch this tick gives a socket (publishes/s × tick frames
+      # per write, one round per tick, readers in epoll): what the row can be held to.
+      tick_ms=${tick%ms}
+      batch=$(((COALESCE_RATE * tick_ms + 999) / 1000))
+      if [[ -n $CEILING_READY && $tick == *ms && $tick_ms -gt 0 ]]; then
+        for rep in $(seq "$REPEAT"); do
+          "$CEILING" --sockets "$COALESCE_N" --secs "$CEILING_SECS" --batches "$batch" \
+            --reader-mode epoll --rounds-per-sec "$((1000 / tick_ms))" \
+            >"$OUT/ceiling-coalesce$tick.$rep.json" 2> >(tee -a "$LOG" >&2)
+        done
+      fi
       cfg="$OUT/bench-coalesce-$tick.toml"
       sed "s/^ping_interval = .*/&\nwrite_coalesce = \"$tick\"/" "$CONFIG" >"$cfg"
       NODES=2 NODE_CONFIG=$cfg bench "bcast-$COALESCE_N-r$COALESCE_RATE-coalesce$tick" \

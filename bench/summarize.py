@@ -218,6 +218,22 @@ def table(groups):
                     f"- {l}: {v / c1:.2f}× the 1-frame-per-write ceiling{paced}, {v / c16:.2f}× the "
                     f"16-frames-per-write ceiling (target ≤ 1.2× the 1-frame ceiling)."
                 )
+    for l in sorted((x for x in groups if "-coalesce" in x and x.startswith("bcast-")), key=order):
+        tick = l.split("-coalesce", 1)[1]
+        batch = [
+            (row.get("frames_per_write"), row.get("writer_cpu_us_per_delivery"))
+            for r in groups.get(f"ceiling-coalesce{tick}", [])
+            for row in r.get("raw_ceiling", [])
+        ]
+        v = med(groups[l], "node_cpu_us_per_delivery")
+        if v and batch:
+            frames = batch[0][0]
+            c = statistics.median(x for _, x in batch)
+            refs.append(
+                f"- {l}: the raw ceiling at the {frames} frames per `write()` this tick gives a "
+                f"socket is {f(c, 2)} µs (readers in epoll, one round per tick); Herald "
+                f"{f(v, 2)} µs = {v / c:.2f}× it (target < 1.5 µs)."
+            )
     if refs:
         lines.append("")
         lines.extend(refs)
