@@ -305,8 +305,8 @@ for scenario in $SCENARIOS; do
       # The raw ceiling at the batch this tick gives a socket (publishes/s × tick frames
       # per write, one round per tick, readers in epoll): what the row can be held to.
       tick_ms=${tick%ms}
-      batch=$(((COALESCE_RATE * tick_ms + 999) / 1000))
-      if [[ -n $CEILING_READY && $tick == *ms && $tick_ms -gt 0 ]]; then
+      if [[ -n $CEILING_READY && $tick == *ms && $tick_ms =~ ^[0-9]+$ && $tick_ms -gt 0 ]]; then
+        batch=$(((COALESCE_RATE * tick_ms + 999) / 1000))
         for rep in $(seq "$REPEAT"); do
           "$CEILING" --sockets "$COALESCE_N" --secs "$CEILING_SECS" --batches "$batch" \
             --reader-mode epoll --rounds-per-sec "$((1000 / tick_ms))" \

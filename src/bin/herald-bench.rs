@@ -545,6 +545,10 @@ async fn redis_publisher(plan: Arc<Plan>, sh: Arc<Shared>, jobs: JobQueue) {
     }
 }
 
+/// How long a WebSocket publisher waits for a reply before it gives the connection up
+/// (its remaining jobs then fail at once, so the run still ends by itself).
+const WS_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// One WebSocket publisher: like the HTTP ones, one publish in flight, the next sent
 /// when the reply to the last one is in (frames it receives meanwhile are skipped).
 async fn ws_publisher(
@@ -587,7 +591,10 @@ async fn ws_publisher(
             mark_published(&sh, seq, false, broken.clone());
             continue;
         }
-        match ws_reply(&mut ws, seq).await {
+        let reply = tokio::time::timeout(WS_REPLY_TIMEOUT, ws_reply(&mut ws, seq))
+            .await
+            .unwrap_or_else(|_| Err(format!("ws publisher: no reply in {WS_REPLY_TIMEOUT:?}")));
+        match reply {
             Ok(None) => mark_published(&sh, seq, true, None),
             Ok(Some(error)) => mark_published(&sh, seq, false, Some(error)),
             Err(why) => {
