@@ -53,10 +53,10 @@ const LINK_CHECK: Duration = Duration::from_millis(250);
 /// subscriber connection and the hub. When it is full the oldest messages are
 /// overwritten and the reader gets `Lagged`: counted, and on durable channels filled
 /// from history or closed with 4008 (gaps.rs); on plain channels those messages are
-/// lost. The deepest backlog measured (docs/BENCHMARKS.md: 500 subscribers at 1,000
-/// publishes/s, a node behind by seconds) held ~7,000 messages. fred preallocates
-/// this many slots for each of the subscriber's nine event channels, ~80 bytes each:
-/// ~12 MB here (65,536 cost ~48 MB).
+/// lost. Measured on the heaviest overload (docs/BENCHMARKS.md, Settings: 500
+/// subscribers at 1,000 publishes/s, nodes seconds behind): none lagged at this
+/// capacity, 9,750 did at 1,024. fred preallocates this many slots for each of the
+/// subscriber's nine event channels, ~80 bytes each: ~12 MB (65,536 cost ~48 MB).
 const PUBSUB_CAPACITY: usize = 16_384;
 /// Capacity of the command client's event channels (errors, reconnections, …), which
 /// carry a handful of events a minute: fred's own default.
