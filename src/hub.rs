@@ -7,11 +7,17 @@
 //! (which fixes every connection's order); the socket writes happen after the guard is
 //! released ([`Flush::run_all`]), so no dashmap guard is held across an `.await` or a
 //! system call.
+//!
+//! With write coalescing on, a plain channel's frames are not queued one by one: they
+//! are framed back to back into the channel's batch, and the coalescer's tick hands
+//! that one buffer to every subscriber ([`Hub::release_batch`]), so a delivery costs
+//! one queue entry and one write per channel and tick, whatever the channel's rate.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
+use bytes::BytesMut;
 use dashmap::DashMap;
 
 use crate::metrics::Metrics;
@@ -98,6 +104,30 @@ struct ChannelState {
     /// The epoch and newest offset delivered on this node (durable channels), for
     /// duplicate suppression and gap detection.
     position: Option<(Arc<str>, u64)>,
+    /// Coalescing: plain frames for the live subscribers since the last tick. Bounded
+    /// by the coalescer's batch limits; a full batch is released at once.
+    batch: Option<Batch>,
+    /// The channel is on the coalescer's list for the next tick.
+    listed: bool,
+}
+
+/// Frames of one channel waiting for the coalescer's tick, framed back to back.
+struct Batch {
+    wire: BytesMut,
+    messages: usize,
+}
+
+impl Batch {
+    fn into_frame(self) -> Frame {
+        if self.messages == 1 {
+            Frame::Framed(self.wire.freeze())
+        } else {
+            Frame::Batch {
+                wire: self.wire.freeze(),
+                messages: self.messages,
+            }
+        }
+    }
 }
 
 /// The outcome of one fan-out.
@@ -141,8 +171,13 @@ impl Hub {
             self.metrics.channels.increment(1.0);
             ChannelState::default()
         });
+        // What was published before it joined is not its to receive.
+        let flushes = self.release_batch_locked(&mut entry);
         entry.subscribers.push(sub);
-        entry.confirmed
+        let confirmed = entry.confirmed;
+        drop(entry);
+        self.write(flushes);
+        confirmed
     }
 
     /// Removes a session from a channel. Returns true when the channel has no local
@@ -151,10 +186,15 @@ impl Hub {
         let Some(mut entry) = self.channels.get_mut(channel) else {
             return false;
         };
+        // What was published while it was subscribed is still its to receive.
+        let flushes = self.release_batch_locked(&mut entry);
         if let Some(i) = entry.subscribers.iter().position(|s| s.session == session) {
             entry.subscribers.swap_remove(i);
         }
-        entry.subscribers.is_empty()
+        let empty = entry.subscribers.is_empty();
+        drop(entry);
+        self.write(flushes);
+        empty
     }
 
     /// Drops the channel's entry if nobody subscribed meanwhile. Atomic with [`Hub::add`].
@@ -224,9 +264,12 @@ impl Hub {
         let Some((off, epoch)) = seq else {
             // The exclusive guard also orders concurrent fan-outs of one channel (the
             // memory engine publishes from many tasks): every subscriber sees one order.
-            let Some(entry) = self.channels.get_mut(channel) else {
+            let Some(mut entry) = self.channels.get_mut(channel) else {
                 return Fanout::default();
             };
+            if let Some(c) = &self.coalescer {
+                return self.batch(c, &mut entry, frame);
+            }
             // At most one flush per subscriber: sized once, never regrown.
             let mut flushes = Vec::with_capacity(entry.subscribers.len());
             let wire = Frame::framed_text(frame);
@@ -237,6 +280,13 @@ impl Hub {
         let Some(mut entry) = self.channels.get_mut(channel) else {
             return Fanout::default();
         };
+        // Durable frames are not batched (each subscriber keeps its own sequence); a
+        // plain batch of the same channel goes first, to keep one order.
+        let earlier = self.release_batch_locked(&mut entry);
+        if let Some(c) = &self.coalescer {
+            // (Only a coalescing hub has batches.)
+            c.defer(earlier);
+        }
         match &entry.position {
             Some((e, last)) if &**e == epoch => {
                 if off <= *last {
@@ -266,12 +316,91 @@ impl Hub {
         self.finish(out, flushes, since)
     }
 
-    /// Writes what the fan-out queued (the guard is released by now) and counts it.
-    fn finish(&self, out: Fanout, flushes: Vec<Flush>, since: Instant) -> Fanout {
+    /// Coalescing: appends a plain frame to the channel's batch for its live
+    /// subscribers (recovering ones buffer it now, as without coalescing). The
+    /// returned `queued` counts the deliveries accepted; the metrics count them when
+    /// the batch is released.
+    fn batch(
+        &self,
+        coalescer: &Coalescer,
+        entry: &mut dashmap::mapref::one::RefMut<'_, Arc<str>, ChannelState>,
+        frame: &Utf8Bytes,
+    ) -> Fanout {
+        let mut buffered = Fanout::default();
+        let mut live = 0;
+        for sub in &entry.subscribers {
+            match &sub.route {
+                Route::Live => live += 1,
+                Route::Buffer(buffer) => buffer_frame(buffer, None, frame, &mut buffered),
+            }
+        }
+        self.count(buffered);
+        if live == 0 {
+            return buffered;
+        }
+        let batch = entry.batch.get_or_insert_with(|| Batch {
+            wire: BytesMut::new(),
+            messages: 0,
+        });
+        Frame::append_framed_text(&mut batch.wire, frame);
+        batch.messages += 1;
+        if coalescer.batch_is_full(batch.messages, batch.wire.len()) {
+            let flushes = self.release_batch_locked(entry);
+            coalescer.defer(flushes);
+        } else if !entry.listed {
+            // Under the guard, so that a tick that takes the list finds this batch.
+            entry.listed = true;
+            coalescer.list_batch(entry.key().clone());
+        }
+        Fanout {
+            queued: buffered.queued + live,
+            ..buffered
+        }
+    }
+
+    /// Hands `channel`'s batch to its live subscribers' queues and adds the flushes
+    /// to write to `flushes`: the coalescer's tick, for the channels it listed.
+    pub fn release_batch(&self, channel: &str, flushes: &mut Vec<Flush>) {
+        if let Some(mut entry) = self.channels.get_mut(channel) {
+            entry.listed = false;
+            let released = self.release_batch_locked(&mut entry);
+            drop(entry);
+            flushes.extend(released);
+        }
+    }
+
+    /// Queues the channel's batch, if any, for every live subscriber; the caller
+    /// holds the guard and writes the flushes once it has released it.
+    fn release_batch_locked(&self, entry: &mut ChannelState) -> Vec<Flush> {
+        let Some(batch) = entry.batch.take() else {
+            return Vec::new();
+        };
+        let wire = batch.into_frame();
+        let mut out = Fanout::default();
+        let mut flushes = Vec::with_capacity(entry.subscribers.len());
+        for sub in &entry.subscribers {
+            if let Route::Live = sub.route {
+                self.push(sub, &wire, &mut out, &mut flushes);
+            }
+        }
+        self.count(out);
+        flushes
+    }
+
+    /// Writes flushes now, or on the coalescer's tick when there is one.
+    fn write(&self, flushes: Vec<Flush>) {
+        if flushes.is_empty() {
+            return;
+        }
         match &self.coalescer {
             Some(c) => c.defer(flushes),
             None => Flush::run_all(flushes),
         }
+    }
+
+    /// Writes what the fan-out queued (the guard is released by now) and counts it.
+    fn finish(&self, out: Fanout, flushes: Vec<Flush>, since: Instant) -> Fanout {
+        self.write(flushes);
         if out.queued > 0 && self.coalescer.is_none() {
             self.metrics
                 .delivery_latency
@@ -327,15 +456,16 @@ impl Hub {
     }
 
     fn push(&self, sub: &Subscriber, wire: &Frame, out: &mut Fanout, flushes: &mut Vec<Flush>) {
+        let messages = wire.messages() as u64;
         let (pushed, flush) = sub.outbox.enqueue(wire.clone());
         flushes.extend(flush);
         match pushed {
-            Pushed::Queued => out.queued += 1,
+            Pushed::Queued => out.queued += messages,
             Pushed::Overflowed => {
-                out.dropped += 1;
+                out.dropped += messages;
                 self.metrics.slow_consumer_closes.increment(1);
             }
-            Pushed::Dropped => out.dropped += 1,
+            Pushed::Dropped => out.dropped += messages,
             Pushed::Gone => {}
         }
     }
@@ -366,10 +496,11 @@ impl Hub {
         let Some(mut entry) = self.channels.get_mut(channel) else {
             return GoLive::Gone;
         };
-        let mut flushes = Vec::new();
+        // The batch was buffered for this subscriber already: release it first.
+        let mut flushes = self.release_batch_locked(&mut entry);
         let live = self.go_live_locked(&mut entry, session, from, &mut flushes);
         drop(entry);
-        Flush::run_all(flushes);
+        self.write(flushes);
         live
     }
 

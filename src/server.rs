@@ -134,13 +134,17 @@ impl Node {
         let hub = if config.limits.write_coalesce.is_zero() {
             Arc::new(Hub::new(metrics.clone()))
         } else {
-            let coalescer = Arc::new(Coalescer::new(config.limits.write_coalesce));
+            let coalescer = Arc::new(Coalescer::new(
+                config.limits.write_coalesce,
+                config.limits.outbox_messages,
+            ));
+            let hub = Arc::new(Hub::with_coalescer(metrics.clone(), coalescer.clone()));
             let stop = shutdown.clone();
             tokio::spawn({
-                let coalescer = coalescer.clone();
-                async move { coalescer.run(stop).await }
+                let hub = hub.clone();
+                async move { coalescer.run(&hub, stop).await }
             });
-            Arc::new(Hub::with_coalescer(metrics.clone(), coalescer))
+            hub
         };
         let gap_report = Arc::new(gaps::GapReport::default());
         let (backplane, redis): (Arc<dyn Backplane>, _) = match &config.redis_url {

@@ -1,33 +1,64 @@
 //! Write coalescing (`server.write_coalesce`): instead of writing a fan-out at once,
 //! the node holds its connections' flushes for one tick, so that every frame that
-//! arrives for a connection within the tick shares one `writev`.
+//! arrives for a connection within the tick shares one `write`.
 //!
-//! One timer for the whole node, not one per socket: fan-outs hand their [`Flush`]es
-//! to [`Coalescer::defer`], and [`Coalescer::run`] writes everything deferred once per
-//! tick. While a flush is deferred its connection counts as busy, so later frames only
-//! append to its queue (the outbox's bound still applies). Off by default: it trades
-//! up to one tick of latency for fewer system calls on high-rate channels.
+//! One timer for the whole node, not one per socket. Plain channels collect their
+//! frames into one batch per channel ([`crate::hub`]) and list themselves here; each
+//! tick releases every listed batch into its subscribers' queues and writes
+//! everything deferred. A connection whose flush is deferred counts as busy, so later
+//! frames only append to its queue (the outbox's bound still applies, counting every
+//! message of a batch). Off by default: it trades up to one tick of latency for fewer
+//! system calls and queue operations on high-rate channels.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::hub::Hub;
 use crate::ws::outbox::Flush;
+
+/// A batch this large is released at once instead of on the tick: one write of it
+/// already costs little per message, and it bounds a channel's batch memory.
+const BATCH_BYTES: usize = 64 * 1024;
+/// Most messages in one batch (fewer if the outbox holds fewer), so that a batch
+/// always fits an empty queue.
+const BATCH_MESSAGES: usize = 256;
 
 pub struct Coalescer {
     tick: Duration,
+    batch_messages: usize,
     /// Flushes waiting for the next tick. Bounded by the number of open connections:
     /// a connection has at most one flush.
     deferred: Mutex<Vec<Flush>>,
+    /// Channels holding a batch for the next tick, each listed at most once: bounded
+    /// by the number of channels with local subscribers.
+    batched: Mutex<Vec<Arc<str>>>,
 }
 
 impl Coalescer {
-    pub fn new(tick: Duration) -> Self {
+    /// A coalescer of period `tick` for connections whose queues hold
+    /// `outbox_messages` messages.
+    pub fn new(tick: Duration, outbox_messages: usize) -> Self {
         Self {
             tick,
+            batch_messages: BATCH_MESSAGES.min(outbox_messages).max(1),
             deferred: Mutex::new(Vec::new()),
+            batched: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Whether a batch of this size is to be released now rather than on the tick.
+    pub fn batch_is_full(&self, messages: usize, bytes: usize) -> bool {
+        messages >= self.batch_messages || bytes >= BATCH_BYTES
+    }
+
+    /// Lists a channel whose batch the next tick releases.
+    pub fn list_batch(&self, channel: Arc<str>) {
+        self.batched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(channel);
     }
 
     /// Holds these flushes until the next tick.
@@ -41,21 +72,26 @@ impl Coalescer {
             .extend(flushes);
     }
 
-    /// Writes what was deferred, once per tick, until `stop`; then once more.
-    pub async fn run(&self, stop: CancellationToken) {
+    /// Releases the listed batches of `hub` and writes what was deferred, once per
+    /// tick, until `stop`; then once more.
+    pub async fn run(&self, hub: &Hub, stop: CancellationToken) {
         let mut tick = tokio::time::interval(self.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tick.tick() => self.write_deferred(),
+                _ = tick.tick() => self.write_due(hub),
             }
         }
-        self.write_deferred();
+        self.write_due(hub);
     }
 
-    fn write_deferred(&self) {
-        let due = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|p| p.into_inner()));
+    pub(crate) fn write_due(&self, hub: &Hub) {
+        let channels = std::mem::take(&mut *self.batched.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut due = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|p| p.into_inner()));
+        for channel in channels {
+            hub.release_batch(&channel, &mut due);
+        }
         Flush::run_all(due);
     }
 }
@@ -63,40 +99,112 @@ impl Coalescer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::Subscriber;
+    use crate::metrics::Metrics;
     use crate::ws::frame::Frame;
     use crate::ws::outbox::testing::{connection, peer};
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
+    use std::time::Instant;
+
+    fn hub(tick: Duration) -> (Arc<Hub>, Arc<Coalescer>) {
+        let coalescer = Arc::new(Coalescer::new(tick, 16));
+        let metrics = Arc::new(Metrics::new("test"));
+        (
+            Arc::new(Hub::with_coalescer(metrics, coalescer.clone())),
+            coalescer,
+        )
+    }
 
     #[tokio::test]
     async fn frames_within_one_tick_are_written_together_at_the_tick() {
-        let coalescer = std::sync::Arc::new(Coalescer::new(Duration::from_millis(600)));
+        let (hub, coalescer) = hub(Duration::from_millis(600));
         let stop = CancellationToken::new();
         let runner = tokio::spawn({
-            let c = coalescer.clone();
+            let (c, h) = (coalescer.clone(), hub.clone());
             let stop = stop.clone();
-            async move { c.run(stop).await }
+            async move { c.run(&h, stop).await }
         });
-        // `interval` ticks once at once; defer after that first tick.
+        // `interval` ticks once at once; dispatch after that first tick.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let (outbox, _control, tcp) = connection(16).await;
-        let mut flushes = Vec::new();
+        // A reply of the session's own is written at once, and the batch after it.
+        let (_, flush) = outbox.enqueue(Frame::text("reply"));
+        coalescer.defer(flush.into_iter().collect());
+        let ch: Arc<str> = "c".into();
+        hub.add(&ch, Subscriber::live(1, outbox));
         for i in 0..3 {
-            let (_, flush) = outbox.enqueue(Frame::text(i.to_string()));
-            flushes.extend(flush);
+            let f = hub.dispatch("c", &i.to_string().into(), None, Instant::now());
+            assert_eq!(f.queued, 1);
         }
-        assert_eq!(flushes.len(), 1, "only the first frame takes the flush");
-        coalescer.defer(flushes);
         let mut p = peer(tcp).await;
         assert!(p.silent().await, "nothing is written before the tick");
+        assert_eq!(p.text().await.as_deref(), Some("reply"));
         for i in 0..3 {
-            let next = tokio::time::timeout(Duration::from_secs(2), p.ws.next()).await;
-            match next {
-                Ok(Some(Ok(Message::Text(t)))) => assert_eq!(t.as_str(), i.to_string()),
-                other => panic!("{other:?}"),
-            }
+            assert_eq!(p.text().await, Some(i.to_string()));
         }
         stop.cancel();
         runner.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_batch_reaches_the_subscribers_of_its_publishing_time_only() {
+        let (hub, coalescer) = hub(Duration::from_secs(3600));
+        let ch: Arc<str> = "c".into();
+        let (stays, _c1, tcp_stays) = connection(16).await;
+        let (leaves, _c2, tcp_leaves) = connection(16).await;
+        let (joins, _c3, tcp_joins) = connection(16).await;
+        // The sessions keep their outboxes (and so their sockets) after leaving.
+        hub.add(&ch, Subscriber::live(1, stays.clone()));
+        hub.add(&ch, Subscriber::live(2, leaves.clone()));
+        hub.dispatch("c", &"a".into(), None, Instant::now());
+        hub.remove("c", 2);
+        hub.add(&ch, Subscriber::live(3, joins.clone()));
+        hub.dispatch("c", &"b".into(), None, Instant::now());
+        coalescer.write_due(&hub);
+        let (mut stays, mut leaves, mut joins) = (
+            peer(tcp_stays).await,
+            peer(tcp_leaves).await,
+            peer(tcp_joins).await,
+        );
+        assert_eq!(stays.text().await.as_deref(), Some("a"));
+        assert_eq!(stays.text().await.as_deref(), Some("b"));
+        assert_eq!(
+            leaves.text().await.as_deref(),
+            Some("a"),
+            "published before it left"
+        );
+        assert!(leaves.silent().await);
+        assert_eq!(
+            joins.text().await.as_deref(),
+            Some("b"),
+            "published after it joined"
+        );
+        assert!(joins.silent().await);
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_is_queued_at_once_and_keeps_its_order() {
+        // The outbox holds 4: batches hold at most 4 messages, so that one always fits.
+        let coalescer = Arc::new(Coalescer::new(Duration::from_secs(3600), 4));
+        let hub = Hub::with_coalescer(Arc::new(Metrics::new("test")), coalescer.clone());
+        let ch: Arc<str> = "c".into();
+        let (outbox, control, tcp) = connection(4).await;
+        hub.add(&ch, Subscriber::live(1, outbox));
+        // 0..4 fill a batch, which takes the idle connection's flush at once; 4 and 5
+        // wait in the next batch for the tick.
+        for i in 0..6 {
+            hub.dispatch("c", &i.to_string().into(), None, Instant::now());
+        }
+        assert_eq!(coalescer.deferred.lock().unwrap().len(), 1);
+        assert_eq!(coalescer.batched.lock().unwrap().len(), 1);
+        coalescer.write_due(&hub);
+        let mut p = peer(tcp).await;
+        for i in 0..6 {
+            assert_eq!(p.text().await, Some(i.to_string()));
+        }
+        assert_eq!(
+            control.reason(),
+            None,
+            "the reader keeps up: no slow consumer"
+        );
     }
 }

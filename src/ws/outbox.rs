@@ -10,9 +10,10 @@
 //! that waits until the socket is writable and ends when the queue is empty again;
 //! an idle connection has no writer task and no queue allocation.
 //!
-//! The queue holds `limits.outbox_messages` frames. A full queue means the client is
-//! not reading: the connection is closed with 4008 and its queue discarded, so it
-//! recovers by reconnecting while nobody else waits.
+//! The queue holds `limits.outbox_messages` messages (a coalesced batch counts each of
+//! its messages). A full queue means the client is not reading: the connection is
+//! closed with 4008 and its queue discarded, so it recovers by reconnecting while
+//! nobody else waits.
 
 use std::collections::VecDeque;
 use std::io;
@@ -114,6 +115,8 @@ pub enum Pushed {
 struct Queue {
     /// Frames not yet (completely) written, oldest first.
     frames: VecDeque<Frame>,
+    /// The messages those frames hold (a batch holds several): what the bound counts.
+    messages: usize,
     /// Bytes of the front frame already written by a partial write.
     head_written: usize,
     /// Someone holds the [`Flush`]: only it writes; everybody else appends.
@@ -125,6 +128,34 @@ struct Queue {
     /// Tasks waiting in [`Outbox::send`], [`Outbox::wait_for_room`] or
     /// [`Outbox::finish`] for the queue to shrink or the flush to be free.
     waiters: usize,
+}
+
+impl Queue {
+    fn push_back(&mut self, frame: Frame) {
+        self.messages += frame.messages();
+        self.frames.push_back(frame);
+    }
+
+    fn push_front(&mut self, frame: Frame) {
+        self.messages += frame.messages();
+        self.frames.push_front(frame);
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(frame) = self.frames.pop_front() {
+            self.messages -= frame.messages();
+        }
+    }
+
+    fn truncate(&mut self, keep: usize) {
+        self.frames.truncate(keep);
+        self.messages = self.frames.iter().map(Frame::messages).sum();
+    }
+
+    fn clear(&mut self) {
+        self.frames.clear();
+        self.messages = 0;
+    }
 }
 
 struct Shared {
@@ -161,6 +192,7 @@ impl Outbox {
             socket,
             queue: Mutex::new(Queue {
                 frames: VecDeque::new(),
+                messages: 0,
                 head_written: 0,
                 flushing: false,
                 sealed: false,
@@ -207,12 +239,12 @@ impl Outbox {
             };
             return (Pushed::Queued, Some(flush));
         }
-        if q.frames.len() >= self.shared.capacity {
+        if q.messages + frame.messages() > self.shared.capacity {
             // Bounded: a full queue is a slow consumer. The caller closes it with 4008
             // (outside this lock); what is queued is dropped by `finish`.
             return (Pushed::Overflowed, None);
         }
-        q.frames.push_back(frame);
+        q.push_back(frame);
         (Pushed::Queued, None)
     }
 
@@ -228,6 +260,7 @@ impl Outbox {
     /// Queues a frame of the session's own (a reply, history), waiting for room: the
     /// session may wait on its own socket, but not forever.
     pub async fn send(&self, frame: Frame) -> Result<(), Pushed> {
+        let need = frame.messages();
         let mut frame = Some(frame);
         let mut outcome = None;
         let deadline = Instant::now() + SEND_TIMEOUT;
@@ -236,7 +269,7 @@ impl Outbox {
                 if q.sealed || self.shared.control.is_closing() {
                     return true;
                 }
-                if q.flushing && q.frames.len() >= self.shared.capacity {
+                if q.flushing && q.messages + need > self.shared.capacity {
                     return false;
                 }
                 outcome = frame.take().map(|f| self.enqueue_locked(q, f));
@@ -264,7 +297,7 @@ impl Outbox {
         let capacity = self.shared.capacity;
         let deadline = Instant::now() + SEND_TIMEOUT;
         self.wait_until(Some(deadline), |q| {
-            capacity.saturating_sub(q.frames.len()) >= room
+            capacity.saturating_sub(q.messages) >= room
                 || q.sealed
                 || self.shared.control.is_closing()
         })
@@ -324,7 +357,7 @@ impl Outbox {
                 // Stale for a client that will recover anyway; a frame already half
                 // written must still be completed, or the stream would be corrupt.
                 let keep = usize::from(q.head_written > 0);
-                q.frames.truncate(keep);
+                q.truncate(keep);
             }
         }
         let Some(reason) = reason else {
@@ -332,7 +365,7 @@ impl Outbox {
         };
         let closed = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
             self.take_flush().await;
-            self.lock().frames.push_back(Frame::close(reason));
+            self.lock().push_back(Frame::close(reason));
             loop {
                 let written = write_queued(&self.shared, &mut self.lock());
                 match written {
@@ -360,7 +393,7 @@ impl Outbox {
 
     #[cfg(test)]
     fn queued(&self) -> usize {
-        self.lock().frames.len()
+        self.lock().messages
     }
 }
 
@@ -404,17 +437,17 @@ impl Flush {
                 match shared.socket.try_write_frame(&first) {
                     Ok(n) if n == first.wire_len() => {}
                     Ok(n) => {
-                        q.frames.push_front(first);
+                        q.push_front(first);
                         q.head_written = n;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        q.frames.push_front(first);
+                        q.push_front(first);
                         q.head_written = 0;
                     }
                     Err(_) => return fail(shared, q),
                 }
             } else {
-                q.frames.push_front(first);
+                q.push_front(first);
             }
         }
         // Holding the connection's own lock across the write keeps its frames in
@@ -463,7 +496,7 @@ fn advance(q: &mut Queue, mut n: usize) {
         let left = front.wire_len() - q.head_written;
         if n >= left {
             n -= left;
-            q.frames.pop_front();
+            q.pop_front();
             q.head_written = 0;
         } else {
             q.head_written += n;
@@ -488,7 +521,7 @@ fn release(shared: &Shared, mut q: MutexGuard<'_, Queue>) {
 /// The socket failed: nothing more can be written; the session ends without a close
 /// frame.
 fn fail(shared: &Shared, mut q: MutexGuard<'_, Queue>) {
-    q.frames.clear();
+    q.clear();
     q.head_written = 0;
     q.sealed = true;
     release(shared, q);
@@ -680,6 +713,32 @@ mod tests {
             texts < pushed,
             "the queued frames were dropped ({texts} of {pushed} arrived)"
         );
+    }
+
+    #[tokio::test]
+    async fn a_batch_counts_each_of_its_messages_against_the_bound() {
+        let batch = |n: usize| {
+            let mut wire = bytes::BytesMut::new();
+            for i in 0..n {
+                Frame::append_framed_text(&mut wire, &i.to_string().into());
+            }
+            Frame::Batch {
+                wire: wire.freeze(),
+                messages: n,
+            }
+        };
+        let (outbox, control, _tcp) = pair(4).await;
+        fill(&outbox, 1);
+        assert_eq!(outbox.push(batch(3)), Pushed::Queued);
+        assert_eq!(outbox.queued(), 4);
+        assert_eq!(control.reason(), None);
+        assert_eq!(outbox.push(batch(1)), Pushed::Overflowed);
+        assert_eq!(control.reason(), Some(CloseReason::SlowConsumer));
+
+        let (outbox, control, _tcp) = pair(4).await;
+        fill(&outbox, 1);
+        assert_eq!(outbox.push(batch(4)), Pushed::Overflowed, "1 + 4 > 4");
+        assert_eq!(control.reason(), Some(CloseReason::SlowConsumer));
     }
 
     #[tokio::test]
