@@ -198,7 +198,7 @@ async fn write_coalescing_keeps_every_message_in_order_across_nodes() {
         let channel = if i % 2 == 0 { "ticks" } else { "other" };
         publisher.publish(channel, json!(i)).await;
     }
-    // Each channel's order is kept (PROTOCOL §3, guarantee 2); a tick batches each
+    // Each channel's order is kept (PROTOCOL §2.2, guarantee 2); a tick batches each
     // channel's frames, so the two channels' frames need not interleave as published.
     for c in &mut clients {
         let got = c.messages(200, Duration::from_secs(10)).await;
