@@ -18,7 +18,7 @@ history_size = 1000
 publish = "anyone"
 TOML
 redis-server --port "$RP" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --logfile "$dir/redis.log"
-trap 'kill $HPID 2>/dev/null; redis-cli -p $RP shutdown nosave >/dev/null 2>&1; rm -rf "$dir"' EXIT
+trap 'kill $HPID 2>/dev/null || true; redis-cli -p $RP shutdown nosave >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
 RUST_LOG=warn target/release/herald --listen 127.0.0.1:$HP --redis redis://127.0.0.1:$RP --config "$dir/herald.toml" 2>"$dir/herald.log" &
 HPID=$!
 for _ in $(seq 100); do curl -sf 127.0.0.1:$HP/readyz >/dev/null && break; sleep 0.1; done

@@ -160,7 +160,7 @@ pub async fn publish(
     }
 }
 
-/// The `channels` form: validated as a whole, then published channel by channel.
+/// The `channels` form: validated as a whole, then every channel published concurrently.
 async fn publish_many(
     state: &AppState,
     channels: Vec<String>,
@@ -184,10 +184,20 @@ async fn publish_many(
             Err(e) => return e.into_response(),
         }
     }
+    // All at once: their commands queue together on the backplane's connection, which
+    // writes them in one go and in request order, instead of one round trip each.
+    // Bounded by `max_channels_per_publish`.
+    let outcomes = futures_util::future::join_all(
+        channels
+            .iter()
+            .zip(&namespaces)
+            .map(|(channel, ns)| publish::publish(state, channel, ns, data, key)),
+    )
+    .await;
     let mut results = Vec::with_capacity(channels.len());
     let mut status = StatusCode::OK;
-    for (channel, ns) in channels.iter().zip(&namespaces) {
-        match publish::publish(state, channel, ns, data, key).await {
+    for (channel, outcome) in channels.iter().zip(outcomes) {
+        match outcome {
             Ok(mut result) => {
                 result["channel"] = json!(channel);
                 results.push(result);

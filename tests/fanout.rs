@@ -175,6 +175,55 @@ async fn publish_to_many_channels_over_http() {
     assert!(c.next_message(Duration::from_millis(200)).await.is_none());
 }
 
+/// The `channels` form publishes its channels concurrently (PROTOCOL §3): on Redis,
+/// with plain and durable channels mixed and one channel listed twice, every result is
+/// still the one of its own entry, in request order, and every subscriber on the other
+/// node gets its messages once, a repeated channel's in request order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_to_many_channels_on_redis_keeps_each_result_in_place() {
+    let redis = Redis::start();
+    let toml = "[namespaces.log]\nhistory_size = 100\npublish = \"anyone\"\n";
+    let a = start(config_from_toml(Some(&redis), "a", toml)).await;
+    let b = start(config_from_toml(Some(&redis), "b", toml)).await;
+    let mut names: Vec<String> = (0..40)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("p{i}")
+            } else {
+                format!("log:d{i}")
+            }
+        })
+        .collect();
+    names.push("log:d1".into());
+    let mut c = Client::connect(b.addr).await;
+    for name in names.iter().take(40) {
+        c.subscribe(name).await;
+    }
+    let (status, body) = publish_http(a.addr, json!({"channels": names, "data": "x"})).await;
+    assert_eq!(status, 200, "{body}");
+    let results = body["results"].as_array().expect("results");
+    assert_eq!(results.len(), 41);
+    for (i, (name, r)) in names.iter().zip(results).enumerate() {
+        assert_eq!(r["channel"], json!(name), "{body}");
+        if name.starts_with("log:") {
+            // The repeated channel's second entry is the last one.
+            let want = if i == 40 { 2 } else { 1 };
+            assert_eq!(r["offset"], json!(want), "{name}: {r}");
+        } else {
+            assert!(r.get("offset").is_none(), "{name}: {r}");
+        }
+    }
+    let got = c.messages(41, Duration::from_secs(10)).await;
+    let mut per_channel = std::collections::BTreeMap::<String, Vec<Value>>::new();
+    for m in &got {
+        let ch = m["channel"].as_str().expect("channel").to_string();
+        per_channel.entry(ch).or_default().push(m["offset"].clone());
+    }
+    assert_eq!(per_channel.len(), 40, "{per_channel:?}");
+    assert_eq!(per_channel["log:d1"], vec![json!(1), json!(2)]);
+    assert!(c.next_message(Duration::from_millis(200)).await.is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_coalescing_keeps_every_message_in_order_across_nodes() {
     let redis = Redis::start();
