@@ -160,7 +160,7 @@ pub async fn publish(
     }
 }
 
-/// The `channels` form: validated as a whole, then every channel published concurrently.
+/// The `channels` form: validated as a whole, then its channels published concurrently.
 async fn publish_many(
     state: &AppState,
     channels: Vec<String>,
@@ -184,16 +184,26 @@ async fn publish_many(
             Err(e) => return e.into_response(),
         }
     }
-    // All at once: their commands queue together on the backplane's connection, which
-    // writes them in one go and in request order, instead of one round trip each.
-    // Bounded by `max_channels_per_publish`.
-    let outcomes = futures_util::future::join_all(
-        channels
-            .iter()
-            .zip(&namespaces)
-            .map(|(channel, ns)| publish::publish(state, channel, ns, data, key)),
-    )
-    .await;
+    let outcomes = if has_repeats(&channels) {
+        // A channel listed twice gets its messages in request order: one at a time (a
+        // script reload on the backplane could otherwise let the second overtake).
+        let mut outcomes = Vec::with_capacity(channels.len());
+        for (channel, ns) in channels.iter().zip(&namespaces) {
+            outcomes.push(publish::publish(state, channel, ns, data, key).await);
+        }
+        outcomes
+    } else {
+        // All at once: their commands queue together on the backplane's connection,
+        // which writes them in as few writes as it can instead of one round trip each.
+        // Bounded by `max_channels_per_publish`.
+        futures_util::future::join_all(
+            channels
+                .iter()
+                .zip(&namespaces)
+                .map(|(channel, ns)| publish::publish(state, channel, ns, data, key)),
+        )
+        .await
+    };
     let mut results = Vec::with_capacity(channels.len());
     let mut status = StatusCode::OK;
     for (channel, outcome) in channels.iter().zip(outcomes) {
@@ -213,6 +223,11 @@ async fn publish_many(
         }
     }
     (status, axum::Json(json!({"results": results}))).into_response()
+}
+
+fn has_repeats(channels: &[String]) -> bool {
+    let mut seen = std::collections::HashSet::with_capacity(channels.len());
+    !channels.iter().all(|c| seen.insert(c.as_str()))
 }
 
 #[derive(Deserialize)]
@@ -315,4 +330,17 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_repeats;
+
+    #[test]
+    fn a_channel_listed_twice_is_a_repeat() {
+        let list = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert!(!has_repeats(&list(&["a", "b", "c"])));
+        assert!(has_repeats(&list(&["a", "b", "a"])));
+        assert!(!has_repeats(&list(&[])));
+    }
 }
