@@ -115,6 +115,9 @@ struct ChannelState {
 struct Batch {
     wire: BytesMut,
     messages: usize,
+    /// When the node took the batch's first message off the backplane: its wait is
+    /// the batch's delivery latency.
+    oldest: Instant,
 }
 
 impl Batch {
@@ -268,7 +271,7 @@ impl Hub {
                 return Fanout::default();
             };
             if let Some(c) = &self.coalescer {
-                return self.batch(c, &mut entry, frame);
+                return self.batch(c, &mut entry, frame, since);
             }
             // At most one flush per subscriber: sized once, never regrown.
             let mut flushes = Vec::with_capacity(entry.subscribers.len());
@@ -325,6 +328,7 @@ impl Hub {
         coalescer: &Coalescer,
         entry: &mut dashmap::mapref::one::RefMut<'_, Arc<str>, ChannelState>,
         frame: &Utf8Bytes,
+        since: Instant,
     ) -> Fanout {
         let mut buffered = Fanout::default();
         let mut live = 0;
@@ -341,6 +345,7 @@ impl Hub {
         let batch = entry.batch.get_or_insert_with(|| Batch {
             wire: BytesMut::new(),
             messages: 0,
+            oldest: since,
         });
         Frame::append_framed_text(&mut batch.wire, frame);
         batch.messages += 1;
@@ -375,6 +380,7 @@ impl Hub {
         let Some(batch) = entry.batch.take() else {
             return Vec::new();
         };
+        let oldest = batch.oldest;
         let wire = batch.into_frame();
         let mut out = Fanout::default();
         let mut flushes = Vec::with_capacity(entry.subscribers.len());
@@ -382,6 +388,13 @@ impl Hub {
             if let Route::Live = sub.route {
                 self.push(sub, &wire, &mut out, &mut flushes);
             }
+        }
+        if out.queued > 0 {
+            // One sample per batch, its oldest message's wait: the tick writes right
+            // after releasing (a full batch released early waits for that tick still).
+            self.metrics
+                .delivery_latency
+                .record(oldest.elapsed().as_secs_f64());
         }
         self.count(out);
         flushes

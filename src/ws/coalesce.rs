@@ -182,6 +182,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_released_batch_records_its_oldest_messages_wait() {
+        let coalescer = Arc::new(Coalescer::new(Duration::from_secs(3600), 16));
+        let metrics = Arc::new(Metrics::new("n1"));
+        let hub = Hub::with_coalescer(metrics.clone(), coalescer.clone());
+        let ch: Arc<str> = "c".into();
+        let (outbox, _control, _tcp) = connection(16).await;
+        hub.add(&ch, Subscriber::live(1, outbox));
+        let received = Instant::now() - Duration::from_millis(40);
+        hub.dispatch("c", &"a".into(), None, received);
+        hub.dispatch("c", &"b".into(), None, Instant::now());
+        let count = |m: &Metrics| {
+            m.upkeep();
+            let text = m.render();
+            text.lines()
+                .find(|l| l.starts_with("herald_delivery_latency_seconds_count"))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        assert_eq!(count(&metrics), 0, "nothing is written before the tick");
+        coalescer.write_due(&hub);
+        assert_eq!(count(&metrics), 1, "one sample for the batch of two");
+        let text = metrics.render();
+        let sum: f64 = text
+            .lines()
+            .find(|l| l.starts_with("herald_delivery_latency_seconds_sum"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .expect("a sum");
+        assert!(
+            sum >= 0.04,
+            "the oldest message waited 40 ms or more: {sum}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_full_batch_is_queued_at_once_and_keeps_its_order() {
         // The outbox holds 4: batches hold at most 4 messages, so that one always fits.
         let coalescer = Arc::new(Coalescer::new(Duration::from_secs(3600), 4));
