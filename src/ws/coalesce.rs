@@ -99,11 +99,14 @@ impl Coalescer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::CloseReason;
     use crate::hub::Subscriber;
     use crate::metrics::Metrics;
     use crate::ws::frame::Frame;
     use crate::ws::outbox::testing::{connection, peer};
+    use futures_util::StreamExt;
     use std::time::Instant;
+    use tokio_tungstenite::tungstenite::Message;
 
     fn hub(tick: Duration) -> (Arc<Hub>, Arc<Coalescer>) {
         let coalescer = Arc::new(Coalescer::new(tick, 16));
@@ -126,7 +129,8 @@ mod tests {
         // `interval` ticks once at once; dispatch after that first tick.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let (outbox, _control, tcp) = connection(16).await;
-        // A reply of the session's own is written at once, and the batch after it.
+        // A frame that took the connection's flush before the batch (deferred here by
+        // hand, as a fan-out's would be) goes out first, the batch after it.
         let (_, flush) = outbox.enqueue(Frame::text("reply"));
         coalescer.defer(flush.into_iter().collect());
         let ch: Arc<str> = "c".into();
@@ -217,11 +221,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_batch_is_queued_at_once_and_keeps_its_order() {
-        // The outbox holds 4: batches hold at most 4 messages, so that one always fits.
+        // Batches hold at most 4 messages; this outbox holds 8.
         let coalescer = Arc::new(Coalescer::new(Duration::from_secs(3600), 4));
         let hub = Hub::with_coalescer(Arc::new(Metrics::new("test")), coalescer.clone());
         let ch: Arc<str> = "c".into();
-        let (outbox, control, tcp) = connection(4).await;
+        let (outbox, control, tcp) = connection(8).await;
         hub.add(&ch, Subscriber::live(1, outbox));
         // 0..4 fill a batch, which takes the idle connection's flush at once; 4 and 5
         // wait in the next batch for the tick.
@@ -240,5 +244,58 @@ mod tests {
             None,
             "the reader keeps up: no slow consumer"
         );
+    }
+
+    #[tokio::test]
+    async fn a_batch_waiting_for_the_tick_counts_against_the_bound() {
+        // Batches of at most 4 and an outbox of 4: a full batch waits for the tick
+        // holding the connection's flush, and 2 more messages do not fit beside it.
+        let coalescer = Arc::new(Coalescer::new(Duration::from_secs(3600), 4));
+        let hub = Hub::with_coalescer(Arc::new(Metrics::new("test")), coalescer.clone());
+        let ch: Arc<str> = "c".into();
+        let (outbox, control, _tcp) = connection(4).await;
+        hub.add(&ch, Subscriber::live(1, outbox));
+        for i in 0..6 {
+            hub.dispatch("c", &i.to_string().into(), None, Instant::now());
+        }
+        coalescer.write_due(&hub);
+        assert_eq!(control.reason(), Some(CloseReason::SlowConsumer));
+    }
+
+    #[tokio::test]
+    async fn a_draining_connection_still_gets_its_pending_batch_before_the_close() {
+        let (hub, coalescer) = hub(Duration::from_secs(3600));
+        let ch: Arc<str> = "c".into();
+        let (outbox, control, tcp) = connection(16).await;
+        hub.add(&ch, Subscriber::live(1, outbox.clone()));
+        hub.dispatch("c", &"a".into(), None, Instant::now());
+        // The node drains before the tick: the session leaves its channels, then
+        // finishes its outbox, and the coalescer's last tick runs.
+        control.close(CloseReason::Draining);
+        hub.remove("c", 1);
+        coalescer.write_due(&hub);
+        let finished = tokio::spawn(async move { outbox.finish().await });
+        let mut p = peer(tcp).await;
+        assert_eq!(p.text().await.as_deref(), Some("a"));
+        match tokio::time::timeout(Duration::from_secs(5), p.ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(f))))) => assert_eq!(u16::from(f.code), 1001),
+            other => panic!("expected the 1001 close, got {other:?}"),
+        }
+        assert!(finished.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_plain_batch_goes_out_before_a_durable_frame_of_its_channel() {
+        let (hub, coalescer) = hub(Duration::from_secs(3600));
+        let ch: Arc<str> = "c".into();
+        let (outbox, _control, tcp) = connection(16).await;
+        hub.add(&ch, Subscriber::live(1, outbox));
+        // A presence event (plain) and then a durable message of the same channel.
+        hub.dispatch("c", &"join".into(), None, Instant::now());
+        hub.dispatch("c", &"m1".into(), Some((1, "e")), Instant::now());
+        coalescer.write_due(&hub);
+        let mut p = peer(tcp).await;
+        assert_eq!(p.text().await.as_deref(), Some("join"));
+        assert_eq!(p.text().await.as_deref(), Some("m1"));
     }
 }

@@ -94,6 +94,16 @@ impl Control {
         self.closing.load(Ordering::Acquire)
     }
 
+    /// Whether this close still delivers what the connection was given before its
+    /// queue is sealed (a drain, a normal close, an expired token): the client is
+    /// healthy and reads on until the close frame. Other closes drop it as stale.
+    pub fn delivers_queue(&self) -> bool {
+        matches!(
+            self.reason(),
+            Some(CloseReason::Draining | CloseReason::Normal | CloseReason::TokenExpired)
+        )
+    }
+
     pub async fn closed(&self) {
         self.token.cancelled().await
     }
@@ -136,8 +146,8 @@ impl Queue {
         self.frames.push_back(frame);
     }
 
-    fn push_front(&mut self, frame: Frame) {
-        self.messages += frame.messages();
+    /// Puts back the frame that took the flush: it was counted when it took it.
+    fn put_back_first(&mut self, frame: Frame) {
         self.frames.push_front(frame);
     }
 
@@ -228,11 +238,14 @@ impl Outbox {
         if q.sealed {
             return (Pushed::Gone, None);
         }
-        if self.shared.control.is_closing() {
+        if self.shared.control.is_closing() && !self.shared.control.delivers_queue() {
             return (Pushed::Dropped, None);
         }
         if !q.flushing {
             q.flushing = true;
+            // Counted until written: with coalescing a flush waits a tick, and its
+            // frame may be a batch, so it must not be slack beyond the bound.
+            q.messages += frame.messages();
             let flush = Flush {
                 outbox: self.clone(),
                 first: Some(frame),
@@ -350,10 +363,7 @@ impl Outbox {
         {
             let mut q = self.lock();
             q.sealed = true;
-            if !matches!(
-                reason,
-                Some(CloseReason::Draining | CloseReason::Normal | CloseReason::TokenExpired)
-            ) {
+            if !self.shared.control.delivers_queue() {
                 // Stale for a client that will recover anyway; a frame already half
                 // written must still be completed, or the stream would be corrupt.
                 let keep = usize::from(q.head_written > 0);
@@ -435,19 +445,19 @@ impl Flush {
             if q.frames.is_empty() {
                 // The common case, an idle connection: one `writev`, nothing queued.
                 match shared.socket.try_write_frame(&first) {
-                    Ok(n) if n == first.wire_len() => {}
+                    Ok(n) if n == first.wire_len() => q.messages -= first.messages(),
                     Ok(n) => {
-                        q.push_front(first);
+                        q.put_back_first(first);
                         q.head_written = n;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        q.push_front(first);
+                        q.put_back_first(first);
                         q.head_written = 0;
                     }
                     Err(_) => return fail(shared, q),
                 }
             } else {
-                q.push_front(first);
+                q.put_back_first(first);
             }
         }
         // Holding the connection's own lock across the write keeps its frames in
