@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the per-message hot path, with allocation counts (divan's
 //! counting global allocator): encoding a `message` frame, checking a backplane
-//! payload, and the hub's fan-out of one frame into N subscriber queues.
+//! payload, the hub's fan-out of one frame into N subscriber queues, and one tick of
+//! write coalescing.
 //!
 //! ```text
 //! cargo bench --bench fanout
@@ -17,6 +18,7 @@ use divan::{AllocProfiler, Bencher, black_box};
 use herald::hub::{Hub, Subscriber};
 use herald::metrics::Metrics;
 use herald::protocol::{Sequence, check_payload, message_frame};
+use herald::ws::coalesce::Coalescer;
 use herald::ws::outbox::Outbox;
 use herald::ws::socket::Socket;
 use serde_json::value::RawValue;
@@ -211,3 +213,31 @@ fn hub_dispatch_one_of_many(bencher: Bencher, channels: usize) {
         })
         .bench_local_values(|name| hub.dispatch(name, &frame, None, since));
 }
+
+/// Write coalescing: one tick of a channel with N subscribers that got
+/// [`TICK_MESSAGES`] messages since the last one: the appends to the channel's batch,
+/// then the tick (the batch into N queues, one `write` per socket). Per delivery:
+/// the figure divided by N × [`TICK_MESSAGES`].
+#[divan::bench(args = [100, 1_000], sample_size = 1, sample_count = 100)]
+fn hub_coalesced_tick(bencher: Bencher, subscribers: usize) {
+    let coalescer = Arc::new(Coalescer::new(std::time::Duration::from_secs(3600), 4096));
+    let hub = Hub::with_coalescer(Arc::new(Metrics::new("bench")), coalescer.clone());
+    let channel: Arc<str> = "bench:0".into();
+    let sockets = Sockets::new(subscribers);
+    for (i, outbox) in sockets.outboxes.iter().enumerate() {
+        hub.add(&channel, Subscriber::live(i as u64, outbox.clone()));
+    }
+    let frame = Utf8Bytes::try_from(message_frame("bench:0", &data(), None)).expect("utf-8");
+    let since = Instant::now();
+    let _enter = sockets.runtime.enter();
+    bencher.bench_local(|| {
+        for _ in 0..TICK_MESSAGES {
+            hub.dispatch(black_box("bench:0"), &frame, None, since);
+        }
+        coalescer.write_due(&hub);
+    });
+}
+
+/// Messages per tick in [`hub_coalesced_tick`]: what a 5 ms tick gives a channel of
+/// 1,000 messages/s.
+const TICK_MESSAGES: usize = 5;

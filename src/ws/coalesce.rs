@@ -86,7 +86,8 @@ impl Coalescer {
         self.write_due(hub);
     }
 
-    pub(crate) fn write_due(&self, hub: &Hub) {
+    /// One tick's work: releases the listed batches and writes every deferred flush.
+    pub fn write_due(&self, hub: &Hub) {
         let channels = std::mem::take(&mut *self.batched.lock().unwrap_or_else(|p| p.into_inner()));
         let mut due = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|p| p.into_inner()));
         for channel in channels {
