@@ -172,18 +172,24 @@ fn drain(spec: &str) {
     }
 }
 
-/// `Hub::dispatch` of one frame to N live subscribers of one channel, all the way
-/// into N sockets: under the channel's guard one append per subscriber, then one
-/// `writev` per idle connection (the figure to compare with the raw-write ceiling).
-#[divan::bench(args = [1, 100, 1_000, 10_000], sample_size = 1, sample_count = 100)]
-fn hub_dispatch(bencher: Bencher, subscribers: usize) {
-    let hub = Hub::new(Arc::new(Metrics::new("bench")));
+/// N live subscribers of channel `bench:0` on real sockets, and a message frame for it.
+fn one_channel(hub: &Hub, subscribers: usize) -> (Sockets, Utf8Bytes) {
     let channel: Arc<str> = "bench:0".into();
     let sockets = Sockets::new(subscribers);
     for (i, outbox) in sockets.outboxes.iter().enumerate() {
         hub.add(&channel, Subscriber::live(i as u64, outbox.clone()));
     }
     let frame = Utf8Bytes::try_from(message_frame("bench:0", &data(), None)).expect("utf-8");
+    (sockets, frame)
+}
+
+/// `Hub::dispatch` of one frame to N live subscribers of one channel, all the way
+/// into N sockets: under the channel's guard one append per subscriber, then one
+/// `writev` per idle connection (the figure to compare with the raw-write ceiling).
+#[divan::bench(args = [1, 100, 1_000, 10_000], sample_size = 1, sample_count = 100)]
+fn hub_dispatch(bencher: Bencher, subscribers: usize) {
+    let hub = Hub::new(Arc::new(Metrics::new("bench")));
+    let (sockets, frame) = one_channel(&hub, subscribers);
     let since = Instant::now();
     let _enter = sockets.runtime.enter();
     bencher.bench_local(|| hub.dispatch(black_box("bench:0"), &frame, None, since));
@@ -222,12 +228,7 @@ fn hub_dispatch_one_of_many(bencher: Bencher, channels: usize) {
 fn hub_coalesced_tick(bencher: Bencher, subscribers: usize) {
     let coalescer = Arc::new(Coalescer::new(std::time::Duration::from_secs(3600), 4096));
     let hub = Hub::with_coalescer(Arc::new(Metrics::new("bench")), coalescer.clone());
-    let channel: Arc<str> = "bench:0".into();
-    let sockets = Sockets::new(subscribers);
-    for (i, outbox) in sockets.outboxes.iter().enumerate() {
-        hub.add(&channel, Subscriber::live(i as u64, outbox.clone()));
-    }
-    let frame = Utf8Bytes::try_from(message_frame("bench:0", &data(), None)).expect("utf-8");
+    let (sockets, frame) = one_channel(&hub, subscribers);
     let since = Instant::now();
     let _enter = sockets.runtime.enter();
     bencher.bench_local(|| {

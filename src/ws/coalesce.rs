@@ -110,7 +110,12 @@ mod tests {
     use tokio_tungstenite::tungstenite::Message;
 
     fn hub(tick: Duration) -> (Arc<Hub>, Arc<Coalescer>) {
-        let coalescer = Arc::new(Coalescer::new(tick, 16));
+        hub_batching(tick, 16)
+    }
+
+    /// A coalescing hub whose batches hold at most `batch` messages.
+    fn hub_batching(tick: Duration, batch: usize) -> (Arc<Hub>, Arc<Coalescer>) {
+        let coalescer = Arc::new(Coalescer::new(tick, batch));
         let metrics = Arc::new(Metrics::new("test"));
         (
             Arc::new(Hub::with_coalescer(metrics, coalescer.clone())),
@@ -223,8 +228,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_batch_is_queued_at_once_and_keeps_its_order() {
         // Batches hold at most 4 messages; this outbox holds 8.
-        let coalescer = Arc::new(Coalescer::new(Duration::from_secs(3600), 4));
-        let hub = Hub::with_coalescer(Arc::new(Metrics::new("test")), coalescer.clone());
+        let (hub, coalescer) = hub_batching(Duration::from_secs(3600), 4);
         let ch: Arc<str> = "c".into();
         let (outbox, control, tcp) = connection(8).await;
         hub.add(&ch, Subscriber::live(1, outbox));
@@ -251,8 +255,7 @@ mod tests {
     async fn a_batch_waiting_for_the_tick_counts_against_the_bound() {
         // Batches of at most 4 and an outbox of 4: a full batch waits for the tick
         // holding the connection's flush, and 2 more messages do not fit beside it.
-        let coalescer = Arc::new(Coalescer::new(Duration::from_secs(3600), 4));
-        let hub = Hub::with_coalescer(Arc::new(Metrics::new("test")), coalescer.clone());
+        let (hub, coalescer) = hub_batching(Duration::from_secs(3600), 4);
         let ch: Arc<str> = "c".into();
         let (outbox, control, _tcp) = connection(4).await;
         hub.add(&ch, Subscriber::live(1, outbox));
