@@ -125,7 +125,8 @@ pub enum Pushed {
 struct Queue {
     /// Frames not yet (completely) written, oldest first.
     frames: VecDeque<Frame>,
-    /// The messages those frames hold (a batch holds several): what the bound counts.
+    /// The messages those frames hold (a batch holds several), plus the frame the
+    /// [`Flush`] holds until it is written: what the bound counts.
     messages: usize,
     /// Bytes of the front frame already written by a partial write.
     head_written: usize,
