@@ -202,23 +202,21 @@ mod tests {
         let received = Instant::now() - Duration::from_millis(40);
         hub.dispatch("c", &"a".into(), None, received);
         hub.dispatch("c", &"b".into(), None, Instant::now());
-        let count = |m: &Metrics| {
-            m.upkeep();
-            let text = m.render();
-            text.lines()
-                .find(|l| l.starts_with("herald_delivery_latency_seconds_count"))
-                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .unwrap_or(0)
+        // A sample of the histogram's rendered text, e.g. its `_count` or `_sum`.
+        let sample = |suffix: &str| -> f64 {
+            metrics.upkeep();
+            let name = format!("herald_delivery_latency_seconds{suffix}");
+            metrics
+                .render()
+                .lines()
+                .find(|l| l.starts_with(&name))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                .unwrap_or(0.0)
         };
-        assert_eq!(count(&metrics), 0, "nothing is written before the tick");
+        assert_eq!(sample("_count"), 0.0, "nothing is written before the tick");
         coalescer.write_due(&hub);
-        assert_eq!(count(&metrics), 1, "one sample for the batch of two");
-        let text = metrics.render();
-        let sum: f64 = text
-            .lines()
-            .find(|l| l.starts_with("herald_delivery_latency_seconds_sum"))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .expect("a sum");
+        assert_eq!(sample("_count"), 1.0, "one sample for the batch of two");
+        let sum = sample("_sum");
         assert!(
             sum >= 0.04,
             "the oldest message waited 40 ms or more: {sum}"
