@@ -72,6 +72,9 @@ MANY_REF=${MANY_REF:-"2000:1000:2000"}
 # the shared cores make each round trip slow).
 PUBLISHERS=${PUBLISHERS:-64}
 DURABLE_RATES=${DURABLE_RATES:-"5000 20000"}
+# Durable runs once per way of publishing: http (POST /api/publish, the node runs the
+# publish script) and redis (the backend runs Herald's script itself, PROTOCOL §4).
+DURABLE_VIAS=${DURABLE_VIAS:-"http redis"}
 CEILING_SOCKETS=${CEILING_SOCKETS:-1000}
 CEILING_SECS=${CEILING_SECS:-3}
 CEILING_PACE=${CEILING_PACE:-25}
@@ -338,10 +341,14 @@ for scenario in $SCENARIOS; do
     done
     ;;
   durable)
-    for rate in $DURABLE_RATES; do
-      NODES=2 NODE_CONFIG=$CONFIG bench "durable-$MANY_N-$MANY_K-r$rate" -n "$MANY_N" \
-        --channels "$MANY_K" --durable --rate "$rate" --duration "$DURATION" --drain "$DRAIN" \
-        --via "$MANY_VIA" --publishers "$PUBLISHERS"
+    for via in $DURABLE_VIAS; do
+      suffix=""
+      [[ $via != http ]] && suffix="-$via"
+      for rate in $DURABLE_RATES; do
+        NODES=2 NODE_CONFIG=$CONFIG bench "durable-$MANY_N-$MANY_K-r$rate$suffix" -n "$MANY_N" \
+          --channels "$MANY_K" --durable --rate "$rate" --duration "$DURATION" --drain "$DRAIN" \
+          --via "$via" --redis "redis://127.0.0.1:$REDIS_PORT" --publishers "$PUBLISHERS"
+      done
     done
     ;;
   *)

@@ -422,3 +422,68 @@ async fn slow_consumer_recovers_without_loss() {
     let got = c.messages((2000 - last) as usize, WAIT).await;
     assert_eq!(offsets(&got), (last + 1..=2000).collect::<Vec<_>>());
 }
+
+/// PROTOCOL §4: a backend may publish to a durable channel by running Herald's publish
+/// script itself. Its message takes the channel's next offset, between publishes made
+/// through a node, and is in the history like theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_running_the_publish_script_shares_the_channels_offsets() {
+    let redis = Redis::start();
+    let node = start(durable_config(Some(&redis), "a")).await;
+    let mut c = Client::connect(node.addr).await;
+    c.subscribe("news:direct").await;
+    let (s, first) = publish_http(
+        node.addr,
+        json!({"channel": "news:direct", "data": "first"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{first}");
+
+    let sha = redis.cli(&[
+        "SCRIPT",
+        "LOAD",
+        include_str!("../src/backplane/publish.lua"),
+    ]);
+    let out = redis.cli(&[
+        "EVALSHA",
+        sha.trim(),
+        "3",
+        "herald:{news:direct}:meta",
+        "herald:{news:direct}:stream",
+        "herald:{news:direct}:ch",
+        r#"{"type":"message","channel":"news:direct","data":"second""#,
+        "5000",
+        "3600",
+        "an-epoch-for-a-new-channel-only",
+    ]);
+    let reply: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        reply,
+        ["ok", first["epoch"].as_str().unwrap(), "2"],
+        "{out}"
+    );
+
+    let (s, third) = publish_http(
+        node.addr,
+        json!({"channel": "news:direct", "data": "third"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{third}");
+    assert_eq!(third["offset"], 3);
+
+    let got = c.messages(3, WAIT).await;
+    assert_eq!(offsets(&got), [1, 2, 3]);
+    let data: Vec<&Value> = got.iter().map(|m| &m["data"]).collect();
+    assert_eq!(data, [&json!("first"), &json!("second"), &json!("third")]);
+    assert!(got.iter().all(|m| m["epoch"] == first["epoch"]), "{got:?}");
+
+    let history = c
+        .request(json!({"op": "history", "channel": "news:direct", "since": {"epoch": first["epoch"], "offset": 1}}))
+        .await;
+    let entries = history["result"]["messages"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(offsets(&entries), [2, 3], "{history}");
+    assert_eq!(entries[0]["data"], "second");
+}

@@ -36,7 +36,7 @@ mod procfs;
 mod resp;
 
 use http::HttpConn;
-use resp::RespConn;
+use resp::{DurableArgs, RespConn};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Via {
@@ -46,8 +46,9 @@ enum Via {
     Ws,
     /// Alternating, publish by publish.
     Both,
-    /// `PUBLISH` straight into Redis (`--redis`), as a backend may (plain channels
-    /// only): the nodes do no ingress work, only pub/sub receipt and fan-out.
+    /// Straight into Redis (`--redis`), as a backend may: `PUBLISH` for plain
+    /// channels, Herald's publish script for durable ones. The nodes do no ingress
+    /// work, only pub/sub receipt and fan-out.
     Redis,
 }
 
@@ -132,6 +133,13 @@ struct Args {
     /// The nodes' key prefix, for `--via redis`.
     #[arg(long, default_value = "herald")]
     redis_prefix: String,
+    /// The durable namespace's `history_size`, for `--via redis --durable` (the script
+    /// trims the stream to it; bench/bench.toml's `dbench` has 100).
+    #[arg(long, default_value_t = 100)]
+    history_size: u64,
+    /// The durable namespace's `history_ttl`, for `--via redis --durable`.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    history_ttl: Duration,
     /// No table, only JSON.
     #[arg(long)]
     quiet: bool,
@@ -182,13 +190,37 @@ struct Shared {
     pub_failed: AtomicU64,
     pub_errors: Mutex<BTreeMap<String, u64>>,
     last_delivery_ns: AtomicU64,
-    /// Per-thread histograms: (delivery latency, publish acknowledgement).
+    /// Per-thread histograms.
     hists: Mutex<Vec<SharedHists>>,
     stop_clients: AtomicBool,
+    /// When the paced publishing began, ns since `origin` (u64::MAX before), and its
+    /// rate: publish `seq` is due at `start + seq / rate`.
+    pace_start_ns: AtomicU64,
+    rate: f64,
 }
 
-/// One thread's pair of histograms: (delivery latency, publish acknowledgement).
-type SharedHists = Arc<Mutex<(Hist, Hist)>>;
+/// What the load tool measures in µs, one set per thread.
+struct Hists {
+    /// Publish (send) to delivery.
+    delivery: Hist,
+    /// Publish (send) to the publisher's acknowledgement.
+    ack: Hist,
+    /// Due time to send: how long a publish waited in the load tool for a free
+    /// publisher (the delivery latency does not include it).
+    send_lag: Hist,
+}
+
+impl Hists {
+    fn new() -> Self {
+        Self {
+            delivery: new_hist(),
+            ack: new_hist(),
+            send_lag: new_hist(),
+        }
+    }
+}
+
+type SharedHists = Arc<Mutex<Hists>>;
 
 thread_local! {
     static LOCAL_HIST: RefCell<Option<SharedHists>> = const { RefCell::new(None) };
@@ -199,11 +231,11 @@ impl Shared {
         self.origin.elapsed().as_nanos() as u64
     }
 
-    fn with_hist(&self, f: impl FnOnce(&mut (Hist, Hist))) {
+    fn with_hist(&self, f: impl FnOnce(&mut Hists)) {
         LOCAL_HIST.with(|l| {
             let mut l = l.borrow_mut();
             let h = l.get_or_insert_with(|| {
-                let h = Arc::new(Mutex::new((new_hist(), new_hist())));
+                let h = Arc::new(Mutex::new(Hists::new()));
                 self.hists.lock().unwrap().push(h.clone());
                 h
             });
@@ -211,15 +243,15 @@ impl Shared {
         });
     }
 
-    fn merged(&self) -> (Hist, Hist) {
-        let mut d = new_hist();
-        let mut a = new_hist();
+    fn merged(&self) -> Hists {
+        let mut all = Hists::new();
         for h in self.hists.lock().unwrap().iter() {
             let h = h.lock().unwrap();
-            let _ = d.add(&h.0);
-            let _ = a.add(&h.1);
+            let _ = all.delivery.add(&h.delivery);
+            let _ = all.ack.add(&h.ack);
+            let _ = all.send_lag.add(&h.send_lag);
         }
-        (d, a)
+        all
     }
 
     fn count_error(map: &Mutex<BTreeMap<String, u64>>, e: impl ToString) {
@@ -244,6 +276,8 @@ struct Plan {
     /// Where `--via redis` publishes.
     redis: Option<SocketAddr>,
     redis_prefix: String,
+    /// `history_size` and `history_ttl` (seconds) for the durable script.
+    history: (u64, u64),
 }
 
 impl Plan {
@@ -394,7 +428,7 @@ async fn subscriber(
                     last_offset = Some(off);
                 }
                 let latency_us = now.saturating_sub(ts) / 1000;
-                sh.with_hist(|h| h.0.saturating_record(latency_us.max(1)));
+                sh.with_hist(|h| h.delivery.saturating_record(latency_us.max(1)));
             }
             Ok(Message::Close(frame)) => {
                 let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
@@ -437,7 +471,7 @@ fn mark_published(sh: &Shared, seq: u64, ok: bool, error: Option<String>) {
         sh.pub_ok.fetch_add(1, Ordering::Relaxed);
         if let Some(at) = sh.sent_at.get(seq as usize) {
             let ack_us = sh.now_ns().saturating_sub(at.load(Ordering::Relaxed)) / 1000;
-            sh.with_hist(|h| h.1.saturating_record(ack_us.max(1)));
+            sh.with_hist(|h| h.ack.saturating_record(ack_us.max(1)));
         }
     } else {
         sh.pub_failed.fetch_add(1, Ordering::Relaxed);
@@ -447,6 +481,12 @@ fn mark_published(sh: &Shared, seq: u64, ok: bool, error: Option<String>) {
 
 fn stamp(sh: &Shared, seq: u64) -> u64 {
     let t = sh.now_ns();
+    let start = sh.pace_start_ns.load(Ordering::Relaxed);
+    if start != u64::MAX && sh.rate > 0.0 {
+        let due = start + (seq as f64 * 1e9 / sh.rate) as u64;
+        let lag_us = t.saturating_sub(due) / 1000;
+        sh.with_hist(|h| h.send_lag.saturating_record(lag_us.max(1)));
+    }
     if let Some(s) = sh.sent_at.get(seq as usize) {
         s.store(t, Ordering::Relaxed);
     }
@@ -508,6 +548,11 @@ async fn redis_publisher(plan: Arc<Plan>, sh: Arc<Shared>, jobs: JobQueue) {
     let Some(addr) = plan.redis else {
         return;
     };
+    // Only a channel without an epoch takes this one (a fresh run on a fresh Redis).
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let fresh_epoch = format!("bench{unix_ms}");
     let mut conn: Option<RespConn> = None;
     let mut frame = Vec::with_capacity(256);
     loop {
@@ -533,10 +578,23 @@ async fn redis_publisher(plan: Arc<Plan>, sh: Arc<Shared>, jobs: JobQueue) {
         frame.extend_from_slice(channel.as_bytes());
         frame.extend_from_slice(b"\",\"data\":");
         frame.extend_from_slice(plan.data(&channel, seq, t).as_bytes());
-        frame.push(b'}');
-        let key = format!("{}:{{{channel}}}:ch", plan.redis_prefix);
-        match c.publish(&key, &frame).await {
-            Ok(_) => mark_published(&sh, seq, true, None),
+        let result = if plan.durable {
+            let args = DurableArgs {
+                frame_open: &frame,
+                history_size: plan.history.0,
+                history_ttl_secs: plan.history.1,
+                fresh_epoch: &fresh_epoch,
+            };
+            c.publish_durable(&plan.redis_prefix, &channel, &args)
+                .await
+                .map(drop)
+        } else {
+            frame.push(b'}');
+            let key = format!("{}:{{{channel}}}:ch", plan.redis_prefix);
+            c.publish(&key, &frame).await.map(drop)
+        };
+        match result {
+            Ok(()) => mark_published(&sh, seq, true, None),
             Err(e) => {
                 mark_published(&sh, seq, false, Some(format!("redis: {e}")));
                 conn = None;
@@ -726,11 +784,6 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
     });
     let redis = match (&args.via, &args.redis) {
         (Via::Redis, None) => anyhow::bail!("--via redis needs --redis redis://127.0.0.1:PORT"),
-        (Via::Redis, _) if args.durable => {
-            anyhow::bail!(
-                "--via redis publishes plain channels only (durable ones need Herald's script)"
-            )
-        }
         (_, Some(url)) => {
             let hostport = url.strip_prefix("redis://").unwrap_or(url);
             let addr: SocketAddr = hostport
@@ -754,6 +807,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         api_key: args.api_key.clone(),
         redis,
         redis_prefix: args.redis_prefix.clone(),
+        history: (args.history_size, args.history_ttl.as_secs().max(1)),
         ws_config: WebSocketConfig::default()
             .read_buffer_size(4096)
             .write_buffer_size(0)
@@ -788,6 +842,8 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         last_delivery_ns: AtomicU64::new(0),
         hists: Mutex::default(),
         stop_clients: AtomicBool::new(false),
+        pace_start_ns: AtomicU64::new(u64::MAX),
+        rate: args.rate,
     });
     let pids: Vec<String> = args.pids.iter().map(|p| p.to_string()).collect();
     let aux: Vec<(String, String)> = args
@@ -809,13 +865,24 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let (mut last_pub, mut last_recv) = (0, 0);
+            // This second's latency: the merged histogram minus the last second's.
+            let mut last_hist = new_hist();
             tick.tick().await;
             loop {
                 tick.tick().await;
                 let p = sh.published.load(Ordering::Relaxed);
                 let r = sh.received.load(Ordering::Relaxed);
+                let now_hist = sh.merged().delivery;
+                let mut second = now_hist.clone();
+                let p99_ms = match second.subtract(&last_hist) {
+                    Ok(()) if !second.is_empty() => {
+                        format!("{:.2}", second.value_at_quantile(0.99) as f64 / 1000.0)
+                    }
+                    _ => "–".into(),
+                };
+                last_hist = now_hist;
                 eprintln!(
-                    "[herald-bench {:>6.1}s {:>8}] subscribed {}/{} (failed {}), published {} (+{}/s, failed {}), received {} (+{}/s), closes {:?}",
+                    "[herald-bench {:>6.1}s {:>8}] subscribed {}/{} (failed {}), published {} (+{}/s, failed {}), received {} (+{}/s, p99 {p99_ms} ms), closes {:?}",
                     sh.origin.elapsed().as_secs_f64(),
                     *phase.lock().unwrap(),
                     sh.subscribed.load(Ordering::Relaxed),
@@ -912,6 +979,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         }
         // Paced: every millisecond, send what is due by now.
         let start = Instant::now();
+        sh.pace_start_ns.store(sh.now_ns(), Ordering::Relaxed);
         let mut tick = tokio::time::interval(Duration::from_millis(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut next: u64 = 0;
@@ -990,7 +1058,11 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         extra += got.saturating_sub(want);
     }
     let lost = expected - unique;
-    let (lat, ack) = sh.merged();
+    let Hists {
+        delivery: lat,
+        ack,
+        send_lag,
+    } = sh.merged();
     let last_delivery = sh.last_delivery_ns.load(Ordering::Relaxed);
     let delivery_secs = if last_delivery > window_start_ns {
         (last_delivery - window_start_ns) as f64 / 1e9
@@ -1090,6 +1162,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
             "secs": publish_secs,
             "per_sec": if publish_secs > 0.0 { sh.published.load(Ordering::Relaxed) as f64 / publish_secs } else { 0.0 },
             "ack_us": {"p50": q(&ack, 0.5), "p99": q(&ack, 0.99), "max": if ack.is_empty() { Value::Null } else { json!(ack.max()) }},
+            "send_lag_us": {"p50": q(&send_lag, 0.5), "p99": q(&send_lag, 0.99), "max": if send_lag.is_empty() { Value::Null } else { json!(send_lag.max()) }},
             "errors": *sh.pub_errors.lock().unwrap(),
         },
         "deliveries": {
@@ -1235,6 +1308,16 @@ fn table(r: &Value) -> String {
             ),
         ),
         (
+            "publish µs p50 / p99: acknowledged, waited to be sent",
+            format!(
+                "{} / {}, {} / {}",
+                fmt(&r["publish"]["ack_us"]["p50"]),
+                fmt(&r["publish"]["ack_us"]["p99"]),
+                fmt(&r["publish"]["send_lag_us"]["p50"]),
+                fmt(&r["publish"]["send_lag_us"]["p99"])
+            ),
+        ),
+        (
             "node CPU µs per delivery",
             fmt(&r["node_cpu_us_per_delivery"]),
         ),
@@ -1294,6 +1377,7 @@ mod tests {
             api_key: None,
             redis: None,
             redis_prefix: "herald".into(),
+            history: (100, 600),
             ws_config: WebSocketConfig::default(),
         }
     }
