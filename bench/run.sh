@@ -71,6 +71,11 @@ MANY_REF=${MANY_REF:-"2000:1000:2000"}
 # Publisher connections per node, one request in flight each (20k/s needs many while
 # the shared cores make each round trip slow).
 PUBLISHERS=${PUBLISHERS:-64}
+# Straight into Redis a backend publishes the way a client library with automatic
+# pipelining does: a few connections per node, the publishes that are due together
+# written together (at most REDIS_PIPELINE per write), replies read in order.
+REDIS_PUBLISHERS=${REDIS_PUBLISHERS:-8}
+REDIS_PIPELINE=${REDIS_PIPELINE:-32}
 DURABLE_RATES=${DURABLE_RATES:-"5000 20000"}
 # Durable runs once per way of publishing: http (POST /api/publish, the node runs the
 # publish script) and redis (the backend runs Herald's script itself, PROTOCOL §4).
@@ -208,6 +213,15 @@ bench() { # LABEL, then herald-bench arguments
   done
 }
 
+# herald-bench's publisher arguments for one way of publishing.
+publishers_for() { # VIA
+  if [[ $1 == redis ]]; then
+    echo "--publishers $REDIS_PUBLISHERS --redis-pipeline $REDIS_PIPELINE"
+  else
+    echo "--publishers $PUBLISHERS"
+  fi
+}
+
 # The median over repeats of one JSON field (jq path), for the stepping decisions.
 median_of() { # LABEL JQ-PATH
   local label=$1 path=$2
@@ -336,7 +350,7 @@ for scenario in $SCENARIOS; do
       for rate in $MANY_RATES; do
         NODES=2 NODE_CONFIG=$CONFIG bench "many-$MANY_N-$MANY_K-r$rate$suffix" -n "$MANY_N" \
           --channels "$MANY_K" --rate "$rate" --duration "$DURATION" --drain "$DRAIN" \
-          --via "$via" --redis "redis://127.0.0.1:$REDIS_PORT" --publishers "$PUBLISHERS"
+          --via "$via" --redis "redis://127.0.0.1:$REDIS_PORT" $(publishers_for "$via")
       done
     done
     ;;
@@ -347,7 +361,7 @@ for scenario in $SCENARIOS; do
       for rate in $DURABLE_RATES; do
         NODES=2 NODE_CONFIG=$CONFIG bench "durable-$MANY_N-$MANY_K-r$rate$suffix" -n "$MANY_N" \
           --channels "$MANY_K" --durable --rate "$rate" --duration "$DURATION" --drain "$DRAIN" \
-          --via "$via" --redis "redis://127.0.0.1:$REDIS_PORT" --publishers "$PUBLISHERS"
+          --via "$via" --redis "redis://127.0.0.1:$REDIS_PORT" $(publishers_for "$via")
       done
     done
     ;;

@@ -21,17 +21,13 @@ async fn run_bench(nodes: &[&Node], redis: &Redis, extra: &[&str]) -> Value {
         "-n",
         "20",
         "--channels",
-        "5",
-        "--rate",
-        "200",
-        "--duration",
-        "1s",
+        "10",
         "--drain",
         "2s",
         "--settle",
         "200ms",
         "--publishers",
-        "2",
+        "1",
         "--threads",
         "1",
         "--redis",
@@ -63,13 +59,15 @@ async fn run_bench(nodes: &[&Node], redis: &Redis, extra: &[&str]) -> Value {
     })
 }
 
-fn assert_complete(report: &Value, durable: bool) {
+fn assert_complete(report: &Value, durable: bool, publishes: u64) {
     let d = &report["deliveries"];
-    // 200/s for 1 s, each to the 4 subscribers of its channel.
-    assert_eq!(report["publish"]["ok"], 200, "{report}");
+    // Each publish reaches the 2 subscribers of its channel. One publisher per node
+    // and an even channel count put each channel's publishes on one connection, so
+    // they also arrive in order.
+    assert_eq!(report["publish"]["ok"], publishes, "{report}");
     assert_eq!(report["publish"]["failed"], 0, "{report}");
-    assert_eq!(d["expected"], 800, "{report}");
-    assert_eq!(d["received"], 800, "{report}");
+    assert_eq!(d["expected"], publishes * 2, "{report}");
+    assert_eq!(d["received"], publishes * 2, "{report}");
     assert_eq!(d["lost"], 0, "{report}");
     assert_eq!(d["duplicates"], 0, "{report}");
     assert_eq!(d["out_of_order"], 0, "{report}");
@@ -87,22 +85,48 @@ async fn every_way_of_publishing_is_counted_complete() {
     let redis = Redis::start();
     let a = start(config_from_toml(Some(&redis), "a", BENCH)).await;
     let b = start(config_from_toml(Some(&redis), "b", BENCH)).await;
-    for (via, durable) in [
-        ("http", false),
-        ("ws", true),
-        ("redis", false),
-        ("redis", true),
+    // (way, durable, commands per pipeline into Redis, publishes/s, for how long).
+    // The pipelined run's rate makes several publishes due at each 1 ms pacing tick.
+    for (via, durable, pipeline, rate, secs) in [
+        ("http", false, "1", 200, "1s"),
+        ("ws", true, "1", 200, "1s"),
+        ("redis", false, "1", 200, "1s"),
+        ("redis", true, "1", 200, "1s"),
+        ("redis", true, "16", 10_000, "500ms"),
     ] {
-        let mut extra = vec!["--via", via];
+        let rate_arg = rate.to_string();
+        let mut extra = vec![
+            "--via",
+            via,
+            "--redis-pipeline",
+            pipeline,
+            "--rate",
+            &rate_arg,
+            "--duration",
+            secs,
+        ];
         if durable {
             extra.push("--durable");
         }
         let report = run_bench(&[&a, &b], &redis, &extra).await;
         assert_eq!(report["scenario"]["via"], via, "{report}");
-        assert_complete(&report, durable);
+        assert_eq!(
+            report["scenario"]["redis_pipeline"].to_string(),
+            pipeline,
+            "{report}"
+        );
+        let publishes = report["publish"]["requested"].as_u64().unwrap_or(0);
+        assert_eq!(publishes, if secs == "1s" { rate } else { rate / 2 });
+        assert_complete(&report, durable, publishes);
+        let writes = report["publish"]["redis_writes"].as_u64().unwrap_or(0);
+        match (via, pipeline) {
+            ("redis", "1") => assert_eq!(writes, publishes, "{report}"),
+            ("redis", _) => assert!(writes < publishes / 2, "not pipelined: {report}"),
+            _ => assert_eq!(writes, 0, "{report}"),
+        }
     }
     // The durable runs went through Herald's script: each channel's offsets count on
-    // from the ws run's 40 per channel (200 publishes over 5 channels) to 80.
+    // over all three (a tenth of the publishes each): 20 + 20 + 500.
     let meta = redis.cli(&["HGET", "herald:{dbench:0}:meta", "offset"]);
-    assert_eq!(meta.trim(), "80");
+    assert_eq!(meta.trim(), "540");
 }

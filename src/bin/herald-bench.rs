@@ -133,6 +133,10 @@ struct Args {
     /// The nodes' key prefix, for `--via redis`.
     #[arg(long, default_value = "herald")]
     redis_prefix: String,
+    /// `--via redis`: publishes a publisher writes at once before reading their replies
+    /// (1: one in flight, like the HTTP and WebSocket publishers).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    redis_pipeline: u16,
     /// The durable namespace's `history_size`, for `--via redis --durable` (the script
     /// trims the stream to it; bench/bench.toml's `dbench` has 100).
     #[arg(long, default_value_t = 100)]
@@ -188,6 +192,8 @@ struct Shared {
     published: AtomicU64,
     pub_ok: AtomicU64,
     pub_failed: AtomicU64,
+    /// Pipelines (writes) the `--via redis` publishers sent.
+    redis_writes: AtomicU64,
     pub_errors: Mutex<BTreeMap<String, u64>>,
     last_delivery_ns: AtomicU64,
     /// Per-thread histograms.
@@ -278,6 +284,8 @@ struct Plan {
     redis_prefix: String,
     /// `history_size` and `history_ttl` (seconds) for the durable script.
     history: (u64, u64),
+    /// Publishes per pipeline of a `--via redis` publisher.
+    redis_pipeline: usize,
 }
 
 impl Plan {
@@ -544,6 +552,9 @@ async fn http_publisher(node: SocketAddr, plan: Arc<Plan>, sh: Arc<Shared>, jobs
     }
 }
 
+/// One `--via redis` publisher: takes the publishes that are due (up to
+/// `--redis-pipeline` of them), writes them in one pipeline and reads their replies
+/// in order, the way a client library's automatic pipelining does.
 async fn redis_publisher(plan: Arc<Plan>, sh: Arc<Shared>, jobs: JobQueue) {
     let Some(addr) = plan.redis else {
         return;
@@ -555,49 +566,94 @@ async fn redis_publisher(plan: Arc<Plan>, sh: Arc<Shared>, jobs: JobQueue) {
     let fresh_epoch = format!("bench{unix_ms}");
     let mut conn: Option<RespConn> = None;
     let mut frame = Vec::with_capacity(256);
+    let mut batch = Vec::with_capacity(plan.redis_pipeline);
     loop {
-        let Some(seq) = jobs.lock().await.recv().await else {
-            return;
+        batch.clear();
+        {
+            let mut rx = jobs.lock().await;
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            batch.push(first);
+            while batch.len() < plan.redis_pipeline {
+                match rx.try_recv() {
+                    Ok(seq) => batch.push(seq),
+                    Err(_) => break,
+                }
+            }
+        }
+        let fail_all = |batch: &[u64], why: String| {
+            for &seq in batch {
+                stamp(&sh, seq);
+                mark_published(&sh, seq, false, Some(why.clone()));
+            }
         };
         if conn.is_none() {
             match RespConn::connect(addr).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
-                    stamp(&sh, seq);
-                    mark_published(&sh, seq, false, Some(format!("redis connect: {e}")));
+                    fail_all(&batch, format!("redis connect: {e}"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             }
         }
         let c = conn.as_mut().expect("connected");
-        let channel = plan.channel(seq);
-        let t = stamp(&sh, seq);
-        frame.clear();
-        frame.extend_from_slice(b"{\"type\":\"message\",\"channel\":\"");
-        frame.extend_from_slice(channel.as_bytes());
-        frame.extend_from_slice(b"\",\"data\":");
-        frame.extend_from_slice(plan.data(&channel, seq, t).as_bytes());
-        let result = if plan.durable {
-            let args = DurableArgs {
-                frame_open: &frame,
-                history_size: plan.history.0,
-                history_ttl_secs: plan.history.1,
-                fresh_epoch: &fresh_epoch,
-            };
-            c.publish_durable(&plan.redis_prefix, &channel, &args)
-                .await
-                .map(drop)
-        } else {
-            frame.push(b'}');
-            let key = format!("{}:{{{channel}}}:ch", plan.redis_prefix);
-            c.publish(&key, &frame).await.map(drop)
-        };
-        match result {
-            Ok(()) => mark_published(&sh, seq, true, None),
-            Err(e) => {
+        if plan.durable
+            && let Err(e) = c.ensure_script().await
+        {
+            fail_all(&batch, format!("redis: {e}"));
+            conn = None;
+            continue;
+        }
+        for &seq in &batch {
+            let channel = plan.channel(seq);
+            let t = stamp(&sh, seq);
+            frame.clear();
+            frame.extend_from_slice(b"{\"type\":\"message\",\"channel\":\"");
+            frame.extend_from_slice(channel.as_bytes());
+            frame.extend_from_slice(b"\",\"data\":");
+            frame.extend_from_slice(plan.data(&channel, seq, t).as_bytes());
+            if plan.durable {
+                let args = DurableArgs {
+                    frame_open: &frame,
+                    history_size: plan.history.0,
+                    history_ttl_secs: plan.history.1,
+                    fresh_epoch: &fresh_epoch,
+                };
+                c.push_durable(&plan.redis_prefix, &channel, &args);
+            } else {
+                frame.push(b'}');
+                c.push_publish(&format!("{}:{{{channel}}}:ch", plan.redis_prefix), &frame);
+            }
+        }
+        sh.redis_writes.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = c.send().await {
+            for &seq in &batch {
                 mark_published(&sh, seq, false, Some(format!("redis: {e}")));
-                conn = None;
+            }
+            conn = None;
+            continue;
+        }
+        for (i, &seq) in batch.iter().enumerate() {
+            let reply = match c.read_reply().await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    for &rest in &batch[i..] {
+                        mark_published(&sh, rest, false, Some(format!("redis: {e}")));
+                    }
+                    conn = None;
+                    break;
+                }
+            };
+            let result = if plan.durable {
+                c.durable_result(reply).map(drop)
+            } else {
+                RespConn::publish_result(reply).map(drop)
+            };
+            match result {
+                Ok(()) => mark_published(&sh, seq, true, None),
+                Err(e) => mark_published(&sh, seq, false, Some(format!("redis: {e}"))),
             }
         }
     }
@@ -808,6 +864,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         redis,
         redis_prefix: args.redis_prefix.clone(),
         history: (args.history_size, args.history_ttl.as_secs().max(1)),
+        redis_pipeline: usize::from(args.redis_pipeline),
         ws_config: WebSocketConfig::default()
             .read_buffer_size(4096)
             .write_buffer_size(0)
@@ -838,6 +895,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         published: AtomicU64::new(0),
         pub_ok: AtomicU64::new(0),
         pub_failed: AtomicU64::new(0),
+        redis_writes: AtomicU64::new(0),
         pub_errors: Mutex::default(),
         last_delivery_ns: AtomicU64::new(0),
         hists: Mutex::default(),
@@ -1140,6 +1198,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
             "duration_s": args.duration.as_secs_f64(),
             "via": format!("{:?}", args.via).to_lowercase(),
             "publishers_per_node": args.publishers,
+            "redis_pipeline": args.redis_pipeline,
             "frame_bytes": args.frame_bytes,
             "idle_s": args.idle.map(|d| d.as_secs_f64()),
             "tool_threads": args.threads,
@@ -1158,6 +1217,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
             "sent": sh.published.load(Ordering::Relaxed),
             "ok": sh.pub_ok.load(Ordering::Relaxed),
             "failed": sh.pub_failed.load(Ordering::Relaxed),
+            "redis_writes": sh.redis_writes.load(Ordering::Relaxed),
             "unacked": unacked,
             "secs": publish_secs,
             "per_sec": if publish_secs > 0.0 { sh.published.load(Ordering::Relaxed) as f64 / publish_secs } else { 0.0 },
@@ -1378,6 +1438,7 @@ mod tests {
             redis: None,
             redis_prefix: "herald".into(),
             history: (100, 600),
+            redis_pipeline: 1,
             ws_config: WebSocketConfig::default(),
         }
     }

@@ -2,7 +2,8 @@
 //! (PROTOCOL §4), the way a backend publishes without calling a node. A plain channel
 //! gets `PUBLISH` of a ready `message` frame; a durable one gets Herald's own publish
 //! script (`EVALSHA`), which PROTOCOL §4 names as the backends' way into durable
-//! channels. One command in flight per connection, like the HTTP publishers.
+//! channels. A publisher sends its due publishes as one pipeline (`--redis-pipeline`
+//! at most) and reads their replies in order.
 
 use std::io;
 use std::net::SocketAddr;
@@ -27,7 +28,7 @@ pub struct RespConn {
 
 /// One RESP2 reply.
 #[derive(Debug, PartialEq)]
-enum Reply {
+pub enum Reply {
     Status(String),
     Error(String),
     Int(i64),
@@ -61,87 +62,62 @@ impl RespConn {
         })
     }
 
-    /// `PUBLISH channel payload`; returns how many subscribers Redis reached.
-    pub async fn publish(&mut self, channel: &str, payload: &[u8]) -> io::Result<i64> {
-        match self
-            .command(&[b"PUBLISH", channel.as_bytes(), payload])
-            .await?
-        {
-            Reply::Int(n) => Ok(n),
-            other => Err(invalid(format!("PUBLISH answered {other:?}"))),
-        }
+    /// Queues `PUBLISH channel payload` (sent by the next `send`).
+    pub fn push_publish(&mut self, channel: &str, payload: &[u8]) {
+        self.push(&[b"PUBLISH", channel.as_bytes(), payload]);
     }
 
-    /// Herald's durable publish of channel `channel` under `prefix`; returns the offset
-    /// the message got.
-    pub async fn publish_durable(
-        &mut self,
-        prefix: &str,
-        channel: &str,
-        args: &DurableArgs<'_>,
-    ) -> io::Result<u64> {
+    /// Queues Herald's durable publish of `channel` under `prefix`. Call
+    /// `ensure_script` first in each batch.
+    pub fn push_durable(&mut self, prefix: &str, channel: &str, args: &DurableArgs<'_>) {
         let meta = format!("{prefix}:{{{channel}}}:meta");
         let stream = format!("{prefix}:{{{channel}}}:stream");
         let pubsub = format!("{prefix}:{{{channel}}}:ch");
         let size = args.history_size.to_string();
         let ttl = args.history_ttl_secs.to_string();
-        // A Redis that restarted or ran SCRIPT FLUSH forgets the script: load it again,
-        // once.
-        for _ in 0..2 {
-            let sha = match &self.script_sha {
-                Some(sha) => sha.clone(),
-                None => self.load_script().await?,
-            };
-            let reply = self
-                .command(&[
-                    b"EVALSHA",
-                    sha.as_bytes(),
-                    b"3",
-                    meta.as_bytes(),
-                    stream.as_bytes(),
-                    pubsub.as_bytes(),
-                    args.frame_open,
-                    size.as_bytes(),
-                    ttl.as_bytes(),
-                    args.fresh_epoch.as_bytes(),
-                ])
-                .await?;
-            match reply {
-                Reply::Error(e) if e.starts_with("NOSCRIPT") => self.script_sha = None,
-                Reply::Array(items) => return offset_of(&items),
-                other => return Err(invalid(format!("publish script answered {other:?}"))),
-            }
-        }
-        Err(invalid("Redis keeps forgetting the publish script".into()))
+        let sha = self.script_sha.clone().unwrap_or_default();
+        self.push(&[
+            b"EVALSHA",
+            sha.as_bytes(),
+            b"3",
+            meta.as_bytes(),
+            stream.as_bytes(),
+            pubsub.as_bytes(),
+            args.frame_open,
+            size.as_bytes(),
+            ttl.as_bytes(),
+            args.fresh_epoch.as_bytes(),
+        ]);
     }
 
-    async fn load_script(&mut self) -> io::Result<String> {
-        match self
-            .command(&[b"SCRIPT", b"LOAD", DURABLE_SCRIPT.as_bytes()])
-            .await?
-        {
+    /// Loads the durable script unless this connection already did. A Redis that
+    /// restarted or ran SCRIPT FLUSH forgets it: a `NOSCRIPT` answer (see
+    /// `durable_result`) makes the next batch load it again.
+    pub async fn ensure_script(&mut self) -> io::Result<()> {
+        if self.script_sha.is_some() {
+            return Ok(());
+        }
+        self.push(&[b"SCRIPT", b"LOAD", DURABLE_SCRIPT.as_bytes()]);
+        self.send().await?;
+        match self.read_reply().await? {
             Reply::Bulk(Some(sha)) => {
                 let sha = String::from_utf8(sha).map_err(|e| invalid(e.to_string()))?;
-                self.script_sha = Some(sha.clone());
-                Ok(sha)
+                self.script_sha = Some(sha);
+                Ok(())
             }
             other => Err(invalid(format!("SCRIPT LOAD answered {other:?}"))),
         }
     }
 
-    /// Sends one command and reads its reply. An error reply is a `Reply::Error`,
-    /// not an `Err`: the connection is still good.
-    async fn command(&mut self, args: &[&[u8]]) -> io::Result<Reply> {
+    /// Writes every queued command at once (one pipeline).
+    pub async fn send(&mut self) -> io::Result<()> {
+        let result = self.stream.write_all(&self.cmd).await;
         self.cmd.clear();
-        self.cmd
-            .extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for arg in args {
-            self.cmd
-                .extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            self.cmd.extend_from_slice(arg);
-            self.cmd.extend_from_slice(b"\r\n");
-        }
-        self.stream.write_all(&self.cmd).await?;
+        result
+    }
+
+    /// The next reply, in the order the commands were sent.
+    pub async fn read_reply(&mut self) -> io::Result<Reply> {
         loop {
             if let Some((reply, used)) = parse(&self.buf, 0)? {
                 self.buf.advance(used);
@@ -150,6 +126,39 @@ impl RespConn {
             if self.stream.read_buf(&mut self.buf).await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
+        }
+    }
+
+    /// What a `PUBLISH` reply says: how many subscribers Redis reached.
+    pub fn publish_result(reply: Reply) -> Result<i64, String> {
+        match reply {
+            Reply::Int(n) => Ok(n),
+            other => Err(format!("PUBLISH answered {other:?}")),
+        }
+    }
+
+    /// What a durable publish's reply says: the offset the message got.
+    pub fn durable_result(&mut self, reply: Reply) -> Result<u64, String> {
+        match reply {
+            Reply::Array(items) => offset_of(&items).map_err(|e| e.to_string()),
+            Reply::Error(e) => {
+                if e.starts_with("NOSCRIPT") {
+                    self.script_sha = None;
+                }
+                Err(e)
+            }
+            other => Err(format!("publish script answered {other:?}")),
+        }
+    }
+
+    fn push(&mut self, args: &[&[u8]]) {
+        self.cmd
+            .extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for arg in args {
+            self.cmd
+                .extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            self.cmd.extend_from_slice(arg);
+            self.cmd.extend_from_slice(b"\r\n");
         }
     }
 }
