@@ -252,6 +252,20 @@ def table(groups):
                 f"socket is {f(c, 2)} µs (readers in epoll, one round per tick); Herald "
                 f"{f(v, 2)} µs = {v / c:.2f}× it (target < 1.5 µs)."
             )
+    # Order: a seq inversion is only a break of the channel's order when the earlier
+    # publish was acknowledged before the later one was sent (herald-bench's
+    # order_violations); publishes in flight together have no order between them.
+    runs = [r for label, rs in groups.items() if not label.startswith("ceiling") for r in rs]
+    inversions = sum(get(r, "deliveries.out_of_order") or 0 for r in runs)
+    checked = [r for r in runs if get(r, "deliveries.order_violations") is not None]
+    if checked:
+        violations = sum(get(r, "deliveries.order_violations") or 0 for r in checked)
+        refs.append(
+            f"- Order: {violations:,} order violations in {len(checked)} runs (a publish delivered after "
+            f"one sent later than its acknowledgement); {inversions:,} arrivals out of sequence order "
+            "among publishes that were in flight at the same time on different connections, which "
+            "have no order between them."
+        )
     if refs:
         lines.append("")
         lines.extend(refs)

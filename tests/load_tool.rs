@@ -71,6 +71,7 @@ fn assert_complete(report: &Value, durable: bool, publishes: u64) {
     assert_eq!(d["lost"], 0, "{report}");
     assert_eq!(d["duplicates"], 0, "{report}");
     assert_eq!(d["out_of_order"], 0, "{report}");
+    assert_eq!(d["order_violations"], 0, "{report}");
     assert_eq!(d["offset_gaps"], 0, "{report}");
     assert_eq!(report["scenario"]["durable"], durable, "{report}");
     assert!(report["latency_us"]["p99"].as_u64().is_some(), "{report}");

@@ -175,8 +175,12 @@ struct Shared {
     /// Message frames whose payload could not be read, or with a seq never published.
     unknown: AtomicU64,
     /// A client saw a seq not above the previous one on its channel (duplicate or
-    /// reordering).
+    /// reordering). Publishes in flight at the same time on different connections
+    /// have no order between them, so this counts those too.
     out_of_order: AtomicU64,
+    /// A client saw a seq after a later one although the earlier publish was
+    /// acknowledged before the later one was sent: a break of the channel's order.
+    order_violations: AtomicU64,
     /// A durable client saw offsets that do not follow each other.
     offset_gaps: AtomicU64,
     /// Error replies and other frames that are neither messages nor replies.
@@ -189,6 +193,8 @@ struct Shared {
     pub_state: Vec<AtomicU8>,
     /// When each seq was sent, ns since `origin` (for the publish acknowledgement time).
     sent_at: Vec<AtomicU64>,
+    /// When each seq's publish was acknowledged, ns since `origin` (0: not yet).
+    acked_at: Vec<AtomicU64>,
     published: AtomicU64,
     pub_ok: AtomicU64,
     pub_failed: AtomicU64,
@@ -423,8 +429,13 @@ async fn subscriber(
                         sh.unknown.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                if last_seq.is_some_and(|l| seq <= l) {
+                if let Some(l) = last_seq
+                    && seq <= l
+                {
                     sh.out_of_order.fetch_add(1, Ordering::Relaxed);
+                    if acked_before_sent(&sh.acked_at, &sh.sent_at, seq, l) {
+                        sh.order_violations.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 last_seq = Some(seq);
                 if plan.durable
@@ -470,6 +481,19 @@ fn number_after(text: &str, key: &str) -> Option<u64> {
 
 type JobQueue = Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<u64>>>;
 
+/// Whether publish `first` was acknowledged before publish `then` was sent: then every
+/// subscriber must see `first` before `then`.
+/// (`acked_at` and `sent_at` as in `Shared`, ns, 0 for not yet.)
+fn acked_before_sent(acked_at: &[AtomicU64], sent_at: &[AtomicU64], first: u64, then: u64) -> bool {
+    let acked = acked_at
+        .get(first as usize)
+        .map_or(0, |a| a.load(Ordering::Relaxed));
+    let sent = sent_at
+        .get(then as usize)
+        .map_or(0, |s| s.load(Ordering::Relaxed));
+    acked != 0 && acked < sent
+}
+
 fn mark_published(sh: &Shared, seq: u64, ok: bool, error: Option<String>) {
     let state = if ok { PUB_OK } else { PUB_FAILED };
     if let Some(s) = sh.pub_state.get(seq as usize) {
@@ -477,8 +501,12 @@ fn mark_published(sh: &Shared, seq: u64, ok: bool, error: Option<String>) {
     }
     if ok {
         sh.pub_ok.fetch_add(1, Ordering::Relaxed);
+        let now = sh.now_ns();
+        if let Some(a) = sh.acked_at.get(seq as usize) {
+            a.store(now, Ordering::Relaxed);
+        }
         if let Some(at) = sh.sent_at.get(seq as usize) {
-            let ack_us = sh.now_ns().saturating_sub(at.load(Ordering::Relaxed)) / 1000;
+            let ack_us = now.saturating_sub(at.load(Ordering::Relaxed)) / 1000;
             sh.with_hist(|h| h.ack.saturating_record(ack_us.max(1)));
         }
     } else {
@@ -885,6 +913,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         received: AtomicU64::new(0),
         unknown: AtomicU64::new(0),
         out_of_order: AtomicU64::new(0),
+        order_violations: AtomicU64::new(0),
         offset_gaps: AtomicU64::new(0),
         other_frames: AtomicU64::new(0),
         read_errors: AtomicU64::new(0),
@@ -892,6 +921,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         per_seq: (0..total_pubs).map(|_| AtomicU32::new(0)).collect(),
         pub_state: (0..total_pubs).map(|_| AtomicU8::new(PUB_NONE)).collect(),
         sent_at: (0..total_pubs).map(|_| AtomicU64::new(0)).collect(),
+        acked_at: (0..total_pubs).map(|_| AtomicU64::new(0)).collect(),
         published: AtomicU64::new(0),
         pub_ok: AtomicU64::new(0),
         pub_failed: AtomicU64::new(0),
@@ -1233,6 +1263,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
             "loss_ratio": if expected > 0 { lost as f64 / expected as f64 } else { 0.0 },
             "duplicates": extra,
             "out_of_order": sh.out_of_order.load(Ordering::Relaxed),
+            "order_violations": sh.order_violations.load(Ordering::Relaxed),
             "offset_gaps": sh.offset_gaps.load(Ordering::Relaxed),
             "unknown": sh.unknown.load(Ordering::Relaxed),
             "other_frames": sh.other_frames.load(Ordering::Relaxed),
@@ -1441,6 +1472,24 @@ mod tests {
             redis_pipeline: 1,
             ws_config: WebSocketConfig::default(),
         }
+    }
+
+    #[test]
+    fn only_an_acknowledged_publish_overtaken_by_a_later_send_breaks_order() {
+        let at = |v: &[u64]| v.iter().map(|&x| AtomicU64::new(x)).collect::<Vec<_>>();
+        // Publish 0 acknowledged at 100; publish 1 sent at 200 (after), 2 at 50 (before).
+        let acked = at(&[100, 0, 0]);
+        let sent = at(&[10, 200, 50]);
+        assert!(acked_before_sent(&acked, &sent, 0, 1));
+        assert!(
+            !acked_before_sent(&acked, &sent, 0, 2),
+            "in flight together"
+        );
+        assert!(
+            !acked_before_sent(&acked, &sent, 1, 2),
+            "never acknowledged"
+        );
+        assert!(!acked_before_sent(&acked, &sent, 0, 9), "unknown seq");
     }
 
     #[test]
