@@ -288,8 +288,10 @@ struct Plan {
     /// Where `--via redis` publishes.
     redis: Option<SocketAddr>,
     redis_prefix: String,
-    /// `history_size` and `history_ttl` (seconds) for the durable script.
-    history: (u64, u64),
+    /// The durable namespace's `history_size`, for the durable script.
+    history_size: u64,
+    /// The durable namespace's `history_ttl` in seconds, for the durable script.
+    history_ttl_secs: u64,
     /// Publishes per pipeline of a `--via redis` publisher.
     redis_pipeline: usize,
 }
@@ -645,8 +647,8 @@ async fn redis_publisher(plan: Arc<Plan>, sh: Arc<Shared>, jobs: JobQueue) {
             if plan.durable {
                 let args = DurableArgs {
                     frame_open: &frame,
-                    history_size: plan.history.0,
-                    history_ttl_secs: plan.history.1,
+                    history_size: plan.history_size,
+                    history_ttl_secs: plan.history_ttl_secs,
                     fresh_epoch: &fresh_epoch,
                 };
                 c.push_durable(&plan.redis_prefix, &channel, &args);
@@ -891,7 +893,8 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         api_key: args.api_key.clone(),
         redis,
         redis_prefix: args.redis_prefix.clone(),
-        history: (args.history_size, args.history_ttl.as_secs().max(1)),
+        history_size: args.history_size,
+        history_ttl_secs: args.history_ttl.as_secs().max(1),
         redis_pipeline: usize::from(args.redis_pipeline),
         ws_config: WebSocketConfig::default()
             .read_buffer_size(4096)
@@ -1468,7 +1471,8 @@ mod tests {
             api_key: None,
             redis: None,
             redis_prefix: "herald".into(),
-            history: (100, 600),
+            history_size: 100,
+            history_ttl_secs: 600,
             redis_pipeline: 1,
             ws_config: WebSocketConfig::default(),
         }
