@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::ws::frame::{Frame, MAX_HEADER};
@@ -37,10 +37,10 @@ impl Socket {
     pub fn try_write_frame(&self, frame: &Frame) -> io::Result<usize> {
         let (header, len) = frame.header();
         if len == 0 {
-            return self.tcp.try_write(frame.payload());
+            return self.send_now(&[IoSlice::new(frame.payload())]);
         }
         let slices = [IoSlice::new(&header[..len]), IoSlice::new(frame.payload())];
-        self.tcp.try_write_vectored(&slices)
+        self.send_now(&slices)
     }
 
     /// Writes as much of `frames` as the kernel takes without blocking, starting `skip`
@@ -84,7 +84,43 @@ impl Socket {
         if used == 0 {
             return Ok(0);
         }
-        self.tcp.try_write_vectored(&slices[..used])
+        self.send_now(&slices[..used])
+    }
+
+    /// Sends `slices` straight to the kernel. Tokio's `try_write` first reads the
+    /// socket's readiness word, a cache line of its own that is cold on every
+    /// delivery of a large fan-out (the biggest user-space cost of a broadcast); a
+    /// socket that has room needs no such check, and one that has none answers
+    /// `WouldBlock` either way. Only then is tokio told (its readiness cleared, so
+    /// that [`Socket::writable`] waits for the next edge), and the send is tried once
+    /// more: room freed between the first try and the clearing would otherwise never
+    /// be announced again.
+    fn send_now(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self.send_once(slices) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let _ = self.tcp.try_io(Interest::WRITABLE, || {
+                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                });
+                self.send_once(slices)
+            }
+            done => done,
+        }
+    }
+
+    fn send_once(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+        let sock = socket2::SockRef::from(&self.tcp);
+        loop {
+            // SIGPIPE is ignored by Rust's runtime, so a vanished peer is an `EPIPE`
+            // error here, as it was through tokio.
+            let sent = match slices {
+                [one] => sock.send(one),
+                _ => sock.send_vectored(slices),
+            };
+            match sent {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                done => return done,
+            }
+        }
     }
 
     /// Waits until the kernel takes more bytes.
