@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::subscriptions::Subscriptions;
 use crate::tokens::Tokens;
 use crate::ws::coalesce::Coalescer;
-use crate::ws::outbox::Control;
+use crate::ws::outbox::ControlHandle;
 use crate::ws::upgrade::{ConnectionRate, ws_handler};
 
 /// Why a node could not start.
@@ -59,7 +59,7 @@ pub struct AppState {
     pub presence: crate::presence::Presence,
     pub connection_rate: ConnectionRate,
     /// Open sessions and how to close them (the drain walks this).
-    sessions: DashMap<SessionId, Arc<Control>>,
+    sessions: DashMap<SessionId, ControlHandle>,
     next_session: AtomicU64,
     draining: AtomicBool,
     link: watch::Receiver<Link>,
@@ -68,7 +68,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn register_session(&self, control: Arc<Control>) -> SessionId {
+    pub fn register_session(&self, control: ControlHandle) -> SessionId {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         self.sessions.insert(id, control);
         self.metrics.connections.increment(1.0);
@@ -87,7 +87,7 @@ impl AppState {
     }
 
     /// The close handles of all open sessions (cloned out: no guard is kept).
-    pub fn session_controls(&self) -> Vec<Arc<Control>> {
+    pub fn session_controls(&self) -> Vec<ControlHandle> {
         self.sessions.iter().map(|e| e.value().clone()).collect()
     }
 

@@ -7,8 +7,6 @@
 //! a client *may* connect (origin, token, limits) is decided before this, in
 //! [`crate::ws::upgrade`].
 
-use std::sync::Arc;
-
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -57,7 +55,7 @@ pub struct Handshake {
 /// The connection after the handshake: the socket and any bytes the client sent
 /// right behind its request (hyper had already read them).
 pub struct Upgraded {
-    pub socket: Arc<Socket>,
+    pub socket: Socket,
     pub early_bytes: Vec<u8>,
 }
 

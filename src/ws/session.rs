@@ -28,7 +28,7 @@ use crate::recovery;
 use crate::server::AppState;
 use crate::ws::frame::Frame;
 use crate::ws::handshake::Upgraded;
-use crate::ws::outbox::{Control, Outbox};
+use crate::ws::outbox::{ControlHandle, Outbox};
 use crate::ws::rate::RateLimiter;
 use crate::ws::socket::ReadHalf;
 
@@ -54,7 +54,7 @@ struct Session {
     state: Arc<AppState>,
     id: SessionId,
     outbox: Outbox,
-    control: Arc<Control>,
+    control: ControlHandle,
     identity: Identity,
     /// This session's presence entry (from the token it connected with).
     presence: PresenceEntry,
@@ -66,14 +66,14 @@ struct Session {
 /// Runs a connection to its end.
 pub async fn run(upgraded: Upgraded, state: Arc<AppState>, identity: Identity) {
     let limits = &state.config.limits;
-    let (outbox, control) = Outbox::new(upgraded.socket.clone(), limits.outbox_messages);
+    let (outbox, control) = Outbox::new(upgraded.socket, limits.outbox_messages);
     let max = limits.max_frame_bytes;
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let mut stream = WebSocketStream::from_partially_read(
-        ReadHalf::new(upgraded.socket),
+        ReadHalf::new(outbox.clone()),
         upgraded.early_bytes,
         Role::Server,
         Some(config),

@@ -12,13 +12,13 @@
 use std::io::{self, IoSlice};
 use std::net::Shutdown;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::ws::frame::{Frame, MAX_HEADER};
+use crate::ws::outbox::Outbox;
 
 /// Most frames handed to one `writev` (two slices each: header and payload).
 pub const FRAMES_PER_WRITE: usize = 16;
@@ -28,8 +28,8 @@ pub struct Socket {
 }
 
 impl Socket {
-    pub fn new(tcp: TcpStream) -> Arc<Self> {
-        Arc::new(Self { tcp })
+    pub fn new(tcp: TcpStream) -> Self {
+        Self { tcp }
     }
 
     /// Writes one frame (header and payload) as far as the kernel takes it now: the
@@ -138,12 +138,13 @@ impl Socket {
 /// tungstenite writes (its automatic pong and close replies) are dropped, since the
 /// session sends its own through the outbox.
 pub struct ReadHalf {
-    socket: Arc<Socket>,
+    /// The socket lives in the connection's outbox (one allocation per connection).
+    outbox: Outbox,
 }
 
 impl ReadHalf {
-    pub fn new(socket: Arc<Socket>) -> Self {
-        Self { socket }
+    pub fn new(outbox: Outbox) -> Self {
+        Self { outbox }
     }
 }
 
@@ -153,7 +154,7 @@ impl AsyncRead for ReadHalf {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let tcp = &self.socket.tcp;
+        let tcp = &self.outbox.socket().tcp;
         loop {
             ready!(tcp.poll_read_ready(cx))?;
             match tcp.try_read(buf.initialize_unfilled()) {
@@ -192,7 +193,7 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
-    async fn pair() -> (Arc<Socket>, TcpStream) {
+    async fn pair() -> (Socket, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
