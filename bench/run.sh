@@ -120,7 +120,7 @@ free_port() {
 echo "== build" | tee -a "$LOG"
 cargo build --release --bin herald-bench --bin herald 2>&1 | tail -1 | tee -a "$LOG"
 CEILING_READY=
-if [[ " $SCENARIOS " == *" ceiling "* || " $SCENARIOS " == *" coalesce "* ]]; then
+if [[ " $SCENARIOS " == *" ceiling "* || " $SCENARIOS " == *" coalesce "* || " $SCENARIOS " == *" bcast "* ]]; then
   cargo build --release --example raw_ceiling 2>&1 | tail -1 | tee -a "$LOG"
   CEILING_READY=1
 fi
@@ -203,6 +203,16 @@ bench() { # LABEL, then herald-bench arguments
   local label=$1 rep
   shift
   for rep in $(seq "$REPEAT"); do
+    if [[ -n ${PAIRED_CEILING:-} && -n $CEILING_READY ]]; then
+      # The raw ceiling measured right before this run, with the run's shape (one
+      # node's sockets, one frame per write): the machine's speed drifts by tens of
+      # percent between minutes, so each run is held to its own pair.
+      "$CEILING" --sockets "$PAIRED_CEILING" --secs "$CEILING_SECS" --batches 1 \
+        >"$OUT/ceiling-pair-$label.$rep.json" 2>>"$LOG"
+      "$CEILING" --sockets "$PAIRED_CEILING" --secs "$CEILING_SECS" --batches 1 \
+        --reader-mode epoll --rounds-per-sec "${PAIRED_PACE:-$CEILING_PACE}" \
+        >"$OUT/ceiling-pairpaced-$label.$rep.json" 2>>"$LOG"
+    fi
     start_nodes "$NODES" "$NODE_CONFIG"
     echo "== $label (run $rep/$REPEAT)" | tee -a "$LOG"
     "$BENCH" --label "$label" --nodes "$(join "${NODE_ADDRS[@]}")" \
@@ -299,7 +309,8 @@ for scenario in $SCENARIOS; do
       rates=${!rates_var:-"5 10 20"}
       for rate in $rates; do
         label="bcast-$n-r$rate"
-        NODES=2 NODE_CONFIG=$CONFIG bench "$label" -n "$n" --channels 1 --rate "$rate" \
+        NODES=2 NODE_CONFIG=$CONFIG PAIRED_CEILING=$((n / 2)) PAIRED_PACE=$rate \
+          bench "$label" -n "$n" --channels 1 --rate "$rate" \
           --duration "$DURATION" --drain "$DRAIN" --publishers 16
         p99=$(median_of "$label" '.latency_us.p99')
         lost=$(median_of "$label" '.deliveries.lost')
