@@ -33,6 +33,10 @@ struct Args {
     nodelay: bool,
     epoll_reader: bool,
     rounds_per_sec: f64,
+    /// Where the readers connect from (127.0.0.1 when not given). A run after many
+    /// others needs a fresh address: ephemeral ports that a load tool took with
+    /// `bind()` stay unusable for `connect()` while in TIME_WAIT.
+    source_ip: Option<std::net::IpAddr>,
 }
 
 fn parse_args() -> Result<(Args, Option<(String, usize)>), String> {
@@ -44,6 +48,7 @@ fn parse_args() -> Result<(Args, Option<(String, usize)>), String> {
         nodelay: true,
         epoll_reader: false,
         rounds_per_sec: 0.0,
+        source_ip: None,
     };
     let mut reader = None;
     let mut it = std::env::args().skip(1);
@@ -72,6 +77,9 @@ fn parse_args() -> Result<(Args, Option<(String, usize)>), String> {
                     .parse()
                     .map_err(|e| format!("{e}"))?
             }
+            "--source-ip" => {
+                args.source_ip = Some(val("--source-ip")?.parse().map_err(|e| format!("{e}"))?)
+            }
             "--reader" => {
                 let addr = val("--reader")?;
                 let n = val("--reader")?.parse().map_err(|e| format!("{e}"))?;
@@ -82,7 +90,7 @@ fn parse_args() -> Result<(Args, Option<(String, usize)>), String> {
                 return Err(
                     "usage: raw_ceiling [--sockets M] [--secs S] [--batches 1,16] \
                             [--frame-bytes 100] [--no-nodelay] [--reader-mode poll|epoll] \
-                            [--rounds-per-sec R]"
+                            [--rounds-per-sec R] [--source-ip 127.0.x.y]"
                         .into(),
                 );
             }
@@ -105,9 +113,9 @@ fn main() {
     };
     if let Some((addr, n)) = reader {
         if args.epoll_reader {
-            run_epoll_reader(&addr, n);
+            run_epoll_reader(&addr, n, args.source_ip);
         } else {
-            run_reader(&addr, n);
+            run_reader(&addr, n, args.source_ip);
         }
         return;
     }
@@ -120,9 +128,9 @@ fn main() {
 /// The draining side: M connections, one thread, poll(2)-free: each socket is
 /// non-blocking and read in turn until everything is empty, with a short sleep when
 /// nothing came.
-fn run_reader(addr: &str, n: usize) {
+fn run_reader(addr: &str, n: usize, source: Option<std::net::IpAddr>) {
     let mut socks: Vec<TcpStream> = (0..n)
-        .map(|_| TcpStream::connect(addr).expect("reader connect"))
+        .map(|_| connect_from(addr, source).expect("reader connect"))
         .collect();
     for s in &socks {
         s.set_nonblocking(true).expect("nonblocking");
@@ -157,7 +165,7 @@ fn run_reader(addr: &str, n: usize) {
 
 /// The epoll-waiting side: one tokio task per connection on a current-thread runtime,
 /// each asleep in `read().await` until data arrives (how client libraries read).
-fn run_epoll_reader(addr: &str, n: usize) {
+fn run_epoll_reader(addr: &str, n: usize, source: Option<std::net::IpAddr>) {
     use tokio::io::AsyncReadExt;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -166,9 +174,9 @@ fn run_epoll_reader(addr: &str, n: usize) {
     rt.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..n {
-            let mut s = tokio::net::TcpStream::connect(addr)
-                .await
-                .expect("reader connect");
+            let std = connect_from(addr, source).expect("reader connect");
+            std.set_nonblocking(true).expect("nonblocking");
+            let mut s = tokio::net::TcpStream::from_std(std).expect("reader socket");
             tasks.spawn(async move {
                 let mut buf = vec![0u8; 16 * 1024];
                 while let Ok(1..) = s.read(&mut buf).await {}
@@ -176,6 +184,24 @@ fn run_epoll_reader(addr: &str, n: usize) {
         }
         while tasks.join_next().await.is_some() {}
     });
+}
+
+/// A blocking connection to `addr`, bound first to `source` when given.
+fn connect_from(addr: &str, source: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(ip) = source else {
+        return TcpStream::connect(addr);
+    };
+    let to: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    sock.bind(&std::net::SocketAddr::new(ip, 0).into())?;
+    sock.connect(&to.into())?;
+    Ok(sock.into())
 }
 
 /// CPU seconds of the calling thread (utime + stime).
@@ -221,7 +247,11 @@ fn run_writer(args: &Args) -> std::io::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let mode = if args.epoll_reader { "epoll" } else { "poll" };
-    let mut child: Child = Command::new(std::env::current_exe()?)
+    let mut command = Command::new(std::env::current_exe()?);
+    if let Some(ip) = args.source_ip {
+        command.args(["--source-ip", &ip.to_string()]);
+    }
+    let mut child: Child = command
         .args([
             "--reader",
             &addr.to_string(),

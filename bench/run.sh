@@ -190,10 +190,12 @@ join() { local IFS=,; echo "$*"; }
 # Each load-tool run binds its own two 127.0.0.x source addresses, so that TIME_WAIT
 # ports of the previous run never run out.
 SRC_SEQ=0
+# Sets SOURCES (not printed: a $(…) subshell would not advance the sequence).
+SOURCES=
 next_sources() {
   SRC_SEQ=$((SRC_SEQ + 1))
   local a=$(((SRC_SEQ * 2) % 250 + 2))
-  echo "127.0.$((SRC_SEQ / 125 + 10)).$a,127.0.$((SRC_SEQ / 125 + 10)).$((a + 1))"
+  SOURCES="127.0.$((SRC_SEQ / 125 + 10)).$a,127.0.$((SRC_SEQ / 125 + 10)).$((a + 1))"
 }
 
 # Runs herald-bench REPEAT times, each against fresh nodes (NODES of CONFIG), so that
@@ -207,17 +209,24 @@ bench() { # LABEL, then herald-bench arguments
       # The raw ceiling measured right before this run, with the run's shape (one
       # node's sockets, one frame per write): the machine's speed drifts by tens of
       # percent between minutes, so each run is held to its own pair.
+      # Readers on a fresh source address of their own (see next_sources).
+      next_sources
       "$CEILING" --sockets "$PAIRED_CEILING" --secs "$CEILING_SECS" --batches 1 \
-        >"$OUT/ceiling-pair-$label.$rep.json" 2>>"$LOG"
+        --source-ip "${SOURCES%%,*}" \
+        >"$OUT/ceiling-pair-$label.$rep.json" 2>>"$LOG" ||
+        echo "$label: the paired ceiling failed (see $LOG)" | tee -a "$LOG"
       "$CEILING" --sockets "$PAIRED_CEILING" --secs "$CEILING_SECS" --batches 1 \
         --reader-mode epoll --rounds-per-sec "${PAIRED_PACE:-$CEILING_PACE}" \
-        >"$OUT/ceiling-pairpaced-$label.$rep.json" 2>>"$LOG"
+        --source-ip "${SOURCES#*,}" \
+        >"$OUT/ceiling-pairpaced-$label.$rep.json" 2>>"$LOG" ||
+        echo "$label: the paired ceiling failed (see $LOG)" | tee -a "$LOG"
     fi
     start_nodes "$NODES" "$NODE_CONFIG"
     echo "== $label (run $rep/$REPEAT)" | tee -a "$LOG"
+    next_sources
     "$BENCH" --label "$label" --nodes "$(join "${NODE_ADDRS[@]}")" \
       --pids "$(join "${NODE_PIDS[@]}")" --aux-pids "redis=$REDIS_PID" \
-      --source-ips "$(next_sources)" --threads "$TOOL_THREADS" \
+      --source-ips "$SOURCES" --threads "$TOOL_THREADS" \
       --json "$OUT/$label.$rep.json" "$@" 2>>"$OUT/$label.$rep.progress" | tee -a "$LOG"
     stop_nodes
   done
@@ -268,8 +277,9 @@ for scenario in $SCENARIOS; do
       per=$((IDLE_MULTI / 3))
       tools=()
       for t in 1 2 3; do
+        next_sources
         "$BENCH" --label "$label-p$t" --nodes "$(join "${NODE_ADDRS[@]}")" \
-          --source-ips "$(next_sources)" -n "$per" --channels "$per" --channel-prefix "bench:p$t-" \
+          --source-ips "$SOURCES" -n "$per" --channels "$per" --channel-prefix "bench:p$t-" \
           --rate 0 --idle 60s --settle 0s --json "$OUT/$label-p$t.json" \
           2>"$OUT/$label-p$t.progress" >/dev/null &
         tools+=($!)

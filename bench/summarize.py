@@ -125,6 +125,14 @@ def table(groups):
             "one frame per socket per round at a paced rate, readers asleep in epoll as the load tool's are."
         )
         lines.append("")
+    if any(l.startswith("ceiling-pair-") for l in groups):
+        lines.append(
+            "Broadcast rows are held to ceilings measured right before each of their runs, with "
+            "the run's shape (one node's sockets, one frame per write): their × ceiling column is "
+            "the median of the per-run ratios to the polling one; the notes below the table also "
+            "give the ratio to readers asleep in epoll, paced at the run's rate."
+        )
+        lines.append("")
     lines.append(
         "| scenario | conns | chans | publishes/s asked → done | deliveries/s | p50 ms | p99 ms | p99.9 ms "
         "| node CPU µs/delivery | × ceiling (1/write) | node cores | load tool cores | redis µs/delivery "

@@ -3,7 +3,7 @@
 //!
 //! Fan-out never awaits a socket. The push that finds a connection idle (empty queue,
 //! nobody writing) takes the right to write, a [`Flush`], and writes the frame itself
-//! with one `writev` as soon as it has released whatever guard it holds: no task
+//! with one `send` as soon as it has released whatever guard it holds: no task
 //! wake-up, no copy. Pushes that find someone writing append to the queue, and the
 //! holder of the flush writes them after what came before, so every connection sees
 //! one order. When the kernel's send buffer is full, the flush passes to a small task
@@ -468,7 +468,7 @@ impl Flush {
         let mut q = self.outbox.lock();
         if let Some(first) = self.first.take() {
             if q.frames.is_empty() {
-                // The common case, an idle connection: one `writev`, nothing queued.
+                // The common case, an idle connection: one `send`, nothing queued.
                 match shared.socket.try_write_frame(&first) {
                     Ok(n) if n == first.wire_len() => q.messages -= first.messages(),
                     Ok(n) => {

@@ -1,9 +1,10 @@
-//! One client's TCP connection after the WebSocket handshake, shared by its two users:
-//! the session reads client frames through tungstenite ([`ReadHalf`]), and the outbox
-//! writes server frames straight into the kernel ([`Socket::try_write_frames`]).
+//! One client's TCP connection after the WebSocket handshake. It lives in the
+//! connection's outbox (one allocation per connection) and has two users: the session
+//! reads client frames through tungstenite ([`ReadHalf`]), and the outbox writes server
+//! frames straight into the kernel ([`Socket::try_write_frames`]).
 //!
 //! Writes bypass tungstenite on purpose: a server frame is a header plus the shared
-//! payload (see [`crate::ws::frame`]), so a delivery is one `writev` from whichever
+//! payload (see [`crate::ws::frame`]), so a delivery is one `send` from whichever
 //! thread fans out, with no task wake-up, no per-socket write buffer and no copy. What
 //! tungstenite would write itself (automatic pongs, close replies) is discarded by
 //! [`ReadHalf`]: the session answers pings and closes through the outbox, so every
@@ -191,6 +192,7 @@ impl AsyncWrite for ReadHalf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::AsyncReadExt;
 
     async fn pair() -> (Socket, TcpStream) {
@@ -200,6 +202,47 @@ mod tests {
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         (Socket::new(server), client)
+    }
+
+    /// The direct send must leave tokio knowing that the socket is full: otherwise
+    /// the writer task's `writable()` returns at once, forever (a busy loop), or, if
+    /// room freed in between were lost, never.
+    #[tokio::test]
+    async fn a_full_socket_waits_for_room_and_wakes_when_the_peer_reads() {
+        let (socket, mut client) = pair().await;
+        // Tokio has seen the socket writable (its readiness word is set) before the
+        // sends below fill it without asking tokio.
+        socket.writable().await.unwrap();
+        let frame = Frame::text("x".repeat(64 * 1024));
+        let mut written = 0usize;
+        loop {
+            match socket.try_write_frame(&frame) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(written < 1 << 30, "the socket never filled");
+        }
+        let early = tokio::time::timeout(Duration::from_millis(200), socket.writable()).await;
+        assert!(
+            early.is_err(),
+            "writable() returned while the socket was full"
+        );
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0;
+            while total < written {
+                let n = client.read(&mut buf).await.unwrap();
+                assert!(n > 0);
+                total += n;
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), socket.writable())
+            .await
+            .expect("no wake-up after the peer read")
+            .unwrap();
+        assert!(socket.try_write_frame(&frame).unwrap() > 0);
+        reader.abort();
     }
 
     #[tokio::test]
