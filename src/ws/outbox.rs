@@ -110,7 +110,8 @@ impl Control {
 }
 
 /// A connection's [`Control`], for those who close it (the session, the drain): it
-/// lives in the connection's shared state, so a handle is that state's `Arc`.
+/// lives in the connection's shared state, so a handle is that state's `Arc`, and
+/// keeps the socket open while it lives (the session drops its own when it ends).
 #[derive(Clone)]
 pub struct ControlHandle(Outbox);
 

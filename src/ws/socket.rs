@@ -21,7 +21,27 @@ use tokio::net::TcpStream;
 use crate::ws::frame::{Frame, MAX_HEADER};
 use crate::ws::outbox::Outbox;
 
-/// Most frames handed to one `writev` (two slices each: header and payload).
+/// Flags of the fan-out's sends: a vanished peer is an `EPIPE` error, never a
+/// SIGPIPE, whatever the process does with signals (std's own `send` does the same).
+/// Where the flag does not exist (macOS), Rust's runtime ignores SIGPIPE.
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd"
+))]
+const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd"
+)))]
+const SEND_FLAGS: libc::c_int = 0;
+
+/// Most frames handed to one `sendmsg` (two slices each: header and payload).
 pub const FRAMES_PER_WRITE: usize = 16;
 
 pub struct Socket {
@@ -111,11 +131,9 @@ impl Socket {
     fn send_once(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
         let sock = socket2::SockRef::from(&self.tcp);
         loop {
-            // SIGPIPE is ignored by Rust's runtime, so a vanished peer is an `EPIPE`
-            // error here, as it was through tokio.
             let sent = match slices {
-                [one] => sock.send(one),
-                _ => sock.send_vectored(slices),
+                [one] => sock.send_with_flags(one, SEND_FLAGS),
+                _ => sock.send_vectored_with_flags(slices, SEND_FLAGS),
             };
             match sent {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
