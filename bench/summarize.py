@@ -88,8 +88,9 @@ def paired(groups, label, kind):
     ceilings = {}
     for r in groups.get(f"ceiling-{kind}-{label}", []):
         for row in r.get("raw_ceiling", []):
-            if row.get("frames_per_write") == 1:
-                ceilings[r["_rep"]] = row.get("writer_cpu_us_per_delivery")
+            v = row.get("writer_cpu_us_per_delivery")
+            if row.get("frames_per_write") == 1 and isinstance(v, (int, float)) and v > 0:
+                ceilings[r["_rep"]] = v
     ratios = []
     for r in groups.get(label, []):
         cpu = get(r, "node_cpu_us_per_delivery")
@@ -98,7 +99,7 @@ def paired(groups, label, kind):
             ratios.append(cpu / c)
     if not ratios:
         return None
-    return statistics.median(ratios), statistics.median(ceilings.values()), len(ratios)
+    return statistics.median(ratios), statistics.median(list(ceilings.values())), len(ratios)
 
 
 def order(label):
