@@ -135,9 +135,21 @@ describe('demo page: who is online and the seat map (stub node)', { skip: !haveC
     await page.evaluate(() => window.__fake.push({ type: 'leave', channel: 'chat:lobby', client: { session: 's-ccc' } }));
     await page.waitForFunction(() => document.querySelectorAll('#online li').length === 2);
 
-    // A disconnect empties the list; the re-subscribe asks for a fresh snapshot.
-    await page.evaluate(() => window.__fake.sockets[0].serverClose(1006, ''));
-    await page.waitForSelector('#online-note[data-state="offline"]');
+    // A disconnect empties the list; the re-subscribe asks for a fresh snapshot. The
+    // reconnect can move the note on to "loading" before a poll would see "offline",
+    // so every state the note takes is recorded.
+    await page.evaluate(() => {
+      const note = document.getElementById('online-note');
+      window.__onlineStates = [];
+      // Each record's old value, and the value now: a state set and replaced within
+      // one task still shows up.
+      new MutationObserver((records) => {
+        for (const r of records) window.__onlineStates.push(r.oldValue);
+        window.__onlineStates.push(note.dataset.state);
+      }).observe(note, { attributes: true, attributeFilter: ['data-state'], attributeOldValue: true });
+      window.__fake.sockets[0].serverClose(1006, '');
+    });
+    await page.waitForFunction(() => window.__onlineStates.includes('offline'));
     assert.deepEqual(await onlineSessions(page), []);
     await page.waitForFunction(() => window.__fake.held.some((f) => f.op === 'presence'));
     await page.evaluate(() => window.__fake.answer('presence', 'chat:lobby', { result: { clients: [{ session: 's-stub-2' }] } }));
