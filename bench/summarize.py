@@ -279,7 +279,8 @@ def table(groups):
     if c1:
         for l in sorted(bcast + [x for x in groups if x.startswith("bcast-") and x not in bcast], key=order):
             v = med(groups[l], "node_cpu_us_per_delivery")
-            if v:
+            # A row with ceilings of its own is given against them above.
+            if v and not paired(groups, l, "pair"):
                 paced = f", {v / p1:.2f}× the broadcast-shaped ceiling" if p1 else ""
                 refs.append(
                     f"- {l}: {v / c1:.2f}× the 1-frame-per-write ceiling{paced}, {v / c16:.2f}× the "
