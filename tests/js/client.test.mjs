@@ -100,6 +100,46 @@ test('a server error rejects with a HeraldError carrying the protocol code', asy
   });
 });
 
+test('rate_limited with the request id rejects that request at once, not after its timeout', async (t) => {
+  // The default 10 s request timeout: a rejection within it can only come from the reply.
+  const { client, sockets, events } = await connected(t, { requestTimeoutMs: 10000 });
+  const ws = sockets[0];
+  const t0 = Date.now();
+  const p = client.publish('chat:a', { n: 1 });
+  const other = client.history('chat:a');
+  const id = ws.lastOp('publish').id;
+  assert.ok(Number.isInteger(id));
+  ws.receive({ type: 'reply', id, error: { code: 'rate_limited', message: 'rate limit exceeded' } });
+  assert.equal(await settledState(p), 'rejected', 'rejected right after the reply');
+  await assert.rejects(p, (err) => {
+    assert.ok(err instanceof HeraldError);
+    assert.equal(err.code, 'rate_limited');
+    assert.equal(err.op, 'publish');
+    return true;
+  });
+  assert.ok(Date.now() - t0 < 1000, `rejected after ${Date.now() - t0} ms`);
+  assert.equal(await settledState(other), 'pending', 'only the request with that id');
+  assert.equal(events.filter(([e]) => e === 'error').length, 0, 'a reply with an id is not also an error event');
+  assert.equal(client.state, 'connected', 'rate_limited does not drop the connection');
+  ws.reply(ws.lastOp('history').id, { epoch: 'E', offset: 0, messages: [] });
+  assert.deepEqual(await other, { epoch: 'E', offset: 0, messages: [] });
+});
+
+test('an error reply with id null is an "error" event and rejects no request', async (t) => {
+  const { client, sockets, events } = await connected(t, { requestTimeoutMs: 10000 });
+  const ws = sockets[0];
+  const p = client.publish('chat:a', 1);
+  ws.receive({ type: 'reply', id: null, error: { code: 'rate_limited', message: 'rate limit exceeded' } });
+  const errs = events.filter(([e]) => e === 'error').map(([, err]) => err);
+  assert.equal(errs.length, 1);
+  assert.ok(errs[0] instanceof HeraldError);
+  assert.equal(errs[0].code, 'rate_limited');
+  assert.equal(await settledState(p), 'pending', 'no request can be matched to id null');
+  assert.equal(client.state, 'connected');
+  ws.reply(ws.lastOp('publish').id, {});
+  assert.deepEqual(await p, {});
+});
+
 test('a request without a reply times out with code "timeout"; a late reply is ignored', async (t) => {
   const { client, sockets } = await connected(t, { requestTimeoutMs: 60 });
   const t0 = Date.now();
