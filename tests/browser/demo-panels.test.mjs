@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { STATIC_DIR, haveChromium, launchBrowser, newPage } from './helpers.mjs';
+import { ARTIFACTS, STATIC_DIR, haveChromium, horizontalOverflow, launchBrowser, newPage } from './helpers.mjs';
 
 const MIME = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.mjs': 'text/javascript', '.css': 'text/css' };
 
@@ -103,8 +103,8 @@ describe('demo page: who is online and the seat map (stub node)', { skip: !haveC
     if (server) await new Promise((r) => server.close(r));
   });
 
-  async function openPage(label, config) {
-    const page = await newPage(browser, errors, label);
+  async function openPage(label, config, viewport) {
+    const page = await newPage(browser, errors, label, viewport ? { viewport } : {});
     await page.addInitScript(installFakeNode, { answers: {}, hold: [], ...config });
     await page.goto(base + '/');
     await page.waitForFunction(() => window.heraldDemo && window.heraldDemo.subscription.active);
@@ -270,4 +270,84 @@ describe('demo page: who is online and the seat map (stub node)', { skip: !haveC
     await page.context().close();
     assert.deepEqual(errors, []);
   });
+  // Issue 27: on a phone (390 px) the seat map was a fixed ~414 px grid: the row letters
+  // sat at x = -12…12 px and the page scrolled sideways. At both sizes nothing may stick
+  // out of the viewport, and every row letter and seat must be on screen.
+  for (const { width, height, minSeat } of [
+    { width: 390, height: 844, minSeat: 30 },
+    { width: 1280, height: 800, minSeat: 40 },
+  ]) {
+    it(`fits a ${width}×${height} screen: nothing wider than the viewport, row letters and seats on screen`, async () => {
+      const page = await openPage(`layout-${width}`, { answers: {
+        ...SEATS_OK,
+        presence: { result: { clients: [{ session: 's-stub-1' }, { session: 's-0123456789abcdef7', user: 'a-rather-long-user-name@example.com' }] } },
+      } }, { width, height });
+      await page.waitForSelector('#seat-map[data-ready="true"]');
+      await page.waitForSelector('#online-note[data-state="on"]', { state: 'attached' });
+      await page.evaluate((o) => {
+        window.__fake.push({ type: 'message', channel: 'chat:lobby', data: { user: 'ada', text: 'hello from a phone' } });
+        window.__fake.push({ type: 'message', channel: 'chat:lobby', data: { user: 'a-very-long-name-indeed', text: 'https://example.com/' + 'x'.repeat(120) } });
+        window.__fake.push(o);
+      }, outcome(3, { seat: 'C4', action: 'hold', ok: true, holder: 's-other', by: 's-other', request: '3-0' }));
+      await page.waitForSelector('[data-seat="C4"][data-state="taken"]');
+
+      const o = await horizontalOverflow(page);
+      assert.ok(o.scrollWidth <= o.innerWidth, `the page scrolls sideways: scrollWidth ${o.scrollWidth} > innerWidth ${o.innerWidth}`);
+      assert.deepEqual(o.outside, [], `elements past the edge of a ${o.clientWidth} px viewport`);
+
+      const map = await page.evaluate(() => {
+        const vw = document.documentElement.clientWidth;
+        const box = (el) => { const r = el.getBoundingClientRect(); return { left: r.left, right: r.right, top: r.top, bottom: r.bottom, width: r.width }; };
+        // Is the element's own text what is painted at its centre (not clipped or covered)?
+        const onTop = (el) => {
+          const r = el.getBoundingClientRect();
+          el.scrollIntoView({ block: 'center' });
+          const c = el.getBoundingClientRect();
+          const hit = document.elementFromPoint(c.left + c.width / 2, c.top + c.height / 2);
+          return r.width > 0 && (hit === el || el.contains(hit));
+        };
+        const labels = Array.from(document.querySelectorAll('#seat-map .row-label')).map((el) => ({ text: el.textContent, ...box(el), visible: onTop(el) }));
+        const seats = Array.from(document.querySelectorAll('#seat-map .seat')).map((el) => ({ seat: el.dataset.seat, ...box(el), visible: onTop(el) }));
+        window.scrollTo(0, 0);
+        return { vw, labels, seats };
+      });
+      assert.deepEqual(map.labels.map((l) => l.text), ['A', 'B', 'C', 'D', 'E']);
+      for (const l of map.labels) {
+        assert.ok(l.left >= 0 && l.right <= map.vw, `row letter ${l.text} at ${l.left}…${l.right} is outside 0…${map.vw}`);
+        assert.ok(l.visible, `row letter ${l.text} is not visible`);
+      }
+      assert.equal(map.seats.length, 40);
+      for (const st of map.seats) {
+        assert.ok(st.left >= 0 && st.right <= map.vw, `seat ${st.seat} at ${st.left}…${st.right} is outside 0…${map.vw}`);
+        assert.ok(st.visible, `seat ${st.seat} is not visible`);
+        assert.ok(st.width >= minSeat, `seat ${st.seat} is ${st.width} px wide, under ${minSeat} px`);
+      }
+      // A long chat line beside a long name keeps most of the list's width.
+      const chat = await page.evaluate(() => {
+        const lines = document.querySelectorAll('#messages li');
+        const text = lines[lines.length - 1].querySelector('.text').getBoundingClientRect();
+        return { text: text.width, list: document.getElementById('messages').clientWidth };
+      });
+      assert.ok(chat.text >= chat.list * 0.5, `a chat line's text is ${chat.text} px wide in a ${chat.list} px list`);
+      // Each row letter stays left of its row's first seat.
+      for (const l of map.labels) {
+        const first = map.seats.find((st) => st.seat === `${l.text}1`);
+        assert.ok(l.right <= first.left, `row letter ${l.text} overlaps seat ${l.text}1`);
+      }
+      await page.screenshot({ path: path.join(ARTIFACTS, `demo-${width}.png`), fullPage: true });
+      await page.context().close();
+
+      // The "how to run the seat demo" box (long command lines) must not widen the page either.
+      const howto = await openPage(`layout-howto-${width}`, {
+        answers: { 'subscribe seats:s1': { error: { code: 'not_found', message: "unknown namespace 'seats'" } } },
+      }, { width, height });
+      await howto.waitForSelector('#seats-howto:not([hidden])');
+      const h = await horizontalOverflow(howto);
+      assert.ok(h.scrollWidth <= h.innerWidth, `with the seat demo's commands shown the page scrolls sideways: ${h.scrollWidth} > ${h.innerWidth}`);
+      assert.deepEqual(h.outside, []);
+      await howto.screenshot({ path: path.join(ARTIFACTS, `demo-howto-${width}.png`), fullPage: true });
+      await howto.context().close();
+      assert.deepEqual(errors, []);
+    });
+  }
 });

@@ -234,9 +234,12 @@ function recordWebSockets(page) {
   });
 }
 
-/** A new page (own context: own storage) with its errors and WebSocket traffic recorded. */
-export async function newPage(browser, errors, label) {
-  const context = await browser.newContext({ viewport: { width: 1100, height: 760 } });
+/**
+ * A new page (own context: own storage) with its errors and WebSocket traffic recorded.
+ * `viewport` defaults to 1100×760.
+ */
+export async function newPage(browser, errors, label, { viewport = { width: 1100, height: 760 } } = {}) {
+  const context = await browser.newContext({ viewport });
   const page = await context.newPage();
   watchErrors(page, errors, label);
   recordWebSockets(page);
@@ -284,4 +287,25 @@ export async function sendViaUi(page, name, text) {
   await page.fill('#text', text);
   await page.click('#send');
   await page.waitForFunction(() => document.getElementById('text').value === '' && !document.getElementById('send').disabled, null, { timeout: 10000 });
+}
+
+/**
+ * What of the page sticks out of the viewport sideways: the page's scroll width, and every
+ * rendered element whose box reaches past the left or right edge of the viewport.
+ */
+export function horizontalOverflow(page) {
+  return page.evaluate(() => {
+    const vw = window.innerWidth;
+    const cw = document.documentElement.clientWidth; // without a vertical scrollbar, if any
+    const name = (el) => el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') +
+      (el.classList.length ? '.' + Array.from(el.classList).join('.') : '') +
+      (el.dataset.seat ? `[data-seat=${el.dataset.seat}]` : '');
+    const outside = [];
+    for (const el of document.querySelectorAll('body, body *')) {
+      const r = el.getBoundingClientRect();
+      if (r.width === 0 && r.height === 0) continue; // not rendered
+      if (r.left < -0.5 || r.right > cw + 0.5) outside.push(`${name(el)} ${r.left.toFixed(1)}…${r.right.toFixed(1)}`);
+    }
+    return { innerWidth: vw, clientWidth: cw, scrollWidth: document.documentElement.scrollWidth, outside };
+  });
 }
