@@ -11,6 +11,7 @@
     notice: $('notice'), noticeText: $('notice-text'), noticeClose: $('notice-close'),
     state: $('state'), dot: $('state-dot'), node: $('node'), session: $('session'),
     rate: $('rate'), total: $('total'), offset: $('offset'), reconnects: $('reconnects'),
+    failedAttempts: $('failed-attempts'),
     online: $('online'), onlineNote: $('online-note'), onlineCount: $('online-count'),
     seatMap: $('seat-map'), seatsHowto: $('seats-howto'), seatsHowtoReason: $('seats-howto-reason'),
     seatsSummary: $('seats-summary'), seatsStatus: $('seats-status'),
@@ -35,7 +36,10 @@
   els.noticeClose.addEventListener('click', hideNotice);
 
   // ---- messages ----
-  var stats = { total: 0, times: [], reconnects: 0 };
+  // reconnects: connections welcomed after an earlier one (a node restart that takes several
+  // attempts is one reconnect); failedAttempts: attempts that ended before a welcome.
+  var stats = { total: 0, times: [], reconnects: 0, failedAttempts: 0, connections: 0 };
+  var welcomed = false; // the current connection (attempt) got its welcome frame
 
   function timeString(d) {
     return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
@@ -97,6 +101,11 @@
 
   client.on('connecting', function () { setState('connecting'); });
   client.on('connected', function (welcome) {
+    welcomed = true;
+    if (++stats.connections > 1) {
+      stats.reconnects++;
+      els.reconnects.textContent = String(stats.reconnects);
+    }
     setState('connected');
     els.node.textContent = welcome.node || '?';
     els.session.textContent = welcome.session || '?';
@@ -111,9 +120,12 @@
   client.on('disconnected', function (ev) {
     els.node.textContent = '–';
     els.session.textContent = '–';
+    if (!welcomed) {
+      stats.failedAttempts++;
+      els.failedAttempts.textContent = String(stats.failedAttempts);
+    }
+    welcomed = false;
     if (ev.willReconnect) {
-      stats.reconnects++;
-      els.reconnects.textContent = String(stats.reconnects);
       setState('reconnecting', '(in ' + (ev.delayMs / 1000).toFixed(1) + ' s)');
     } else {
       setState('closed');

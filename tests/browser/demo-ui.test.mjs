@@ -27,16 +27,19 @@ function serveStatic() {
 }
 
 // Runs in the page before its scripts: a WebSocket that behaves like a developer node for
-// chat:lobby (subscribe ok, publish echoes back), with hooks for the test.
+// chat:lobby (subscribe ok, publish echoes back), with hooks for the test. While
+// window.__fake.down is set, every new connection fails (1006) before a welcome, as when
+// the node is not running.
 function installFakeNode() {
   const sockets = [];
-  window.__fake = { sockets, frames: [], refuse: null };
+  window.__fake = { sockets, frames: [], refuse: null, down: false };
   class FakeNodeSocket {
     constructor(url) {
       this.url = url;
       this.readyState = 0;
       sockets.push(this);
       setTimeout(() => {
+        if (window.__fake.down) { this.serverClose(1006, ''); return; }
         this.readyState = 1;
         if (this.onopen) this.onopen({});
         this.push({ type: 'welcome', session: 's-stub-' + sockets.length, node: 'stub-node', ping_interval_ms: 25000 });
@@ -178,6 +181,7 @@ describe('demo page UI (stub node)', { skip: !haveChromium() && 'no Chromium at 
     await page.evaluate(() => window.__fake.sockets[0].serverClose(1006, ''));
     await page.waitForFunction(() => window.__fake.sockets.length === 2 && window.heraldDemo.subscription.active, null, { timeout: 10000 });
     assert.equal(await page.textContent('#reconnects'), '1');
+    assert.equal(await page.textContent('#failed-attempts'), '0');
     await page.evaluate(() => {
       for (let i = 0; i < 7; i++) window.__fake.sockets[1].push({ type: 'message', channel: 'chat:lobby', data: { user: 'bot', text: 'm' + i } });
     });
@@ -185,6 +189,28 @@ describe('demo page UI (stub node)', { skip: !haveChromium() && 'no Chromium at 
     assert.equal(await page.textContent('#total'), '7');
     // The window slides: a second later the rate is back to 0.
     await page.waitForFunction(() => document.getElementById('rate').textContent === '0', null, { timeout: 3000 });
+    await page.context().close();
+    assert.deepEqual(errors, []);
+  });
+
+  // Issue 27: "Reconnects" counted every failed attempt, so one node restart showed 5-6.
+  it('counts a node outage with several failed attempts as one reconnect, and the attempts apart', async () => {
+    const page = await openPage('outage');
+    assert.equal(await page.textContent('#reconnects'), '0');
+    await page.evaluate(() => {
+      window.__fake.down = true;
+      window.__fake.sockets[0].serverClose(1001, 'draining');
+    });
+    // The page retries (backoff 250 ms doubling, full jitter): let at least four attempts fail.
+    await page.waitForFunction(() => window.__fake.sockets.length >= 5, null, { timeout: 15000 });
+    assert.equal(await page.textContent('#reconnects'), '0', 'no reconnect while every attempt fails');
+    await page.evaluate(() => { window.__fake.down = false; });
+    await page.waitForFunction(() => window.heraldDemo.client.state === 'connected' && window.heraldDemo.subscription.active, null, { timeout: 15000 });
+    const failed = await page.evaluate(() => window.__fake.sockets.length - 2); // all but the first and the last
+    assert.ok(failed >= 4);
+    assert.equal(await page.textContent('#reconnects'), '1');
+    assert.equal(await page.textContent('#failed-attempts'), String(failed));
+    assert.equal(await page.textContent('#state'), 'connected');
     await page.context().close();
     assert.deepEqual(errors, []);
   });

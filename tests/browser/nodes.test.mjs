@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import {
   ARTIFACTS, HERALD_BIN, haveChromium, launchBrowser, newPage, startRedis, startHerald, stop,
-  killAll, httpPublish, writeConfig, waitDemoReady, waitForText, shownTexts, sendViaUi,
+  killAll, httpPublish, writeConfig, waitDemoReady, waitForText, shownTexts, sendViaUi, sleep,
 } from './helpers.mjs';
 
 const skipReason = !existsSync(HERALD_BIN)
@@ -98,10 +98,17 @@ describe('demo page on two herald nodes (plain channel)', { skip: skipReason }, 
     assert.deepEqual(closes[0], { code: 1001, willReconnect: true });
     assert.notEqual(await page.textContent('#state'), 'connected');
 
+    // Down for ~2 s: the page tries again several times (backoff from 250 ms) and fails.
+    await sleep(2000);
+    const failedWhileDown = await page.evaluate(() => window.__closes.length - 1);
+    assert.ok(failedWhileDown >= 2, `only ${failedWhileDown} failed attempts while the node was down`);
     nodeA = await nodeA.restart();
     await waitDemoReady(page, 20000);
     assert.equal(await page.textContent('#node'), 'node-a');
-    assert.ok(Number(await page.textContent('#reconnects')) >= 1);
+    // One restart is one reconnect, however many attempts failed (issue 27).
+    assert.equal(await page.textContent('#reconnects'), '1');
+    const closesNow = await page.evaluate(() => window.__closes.length);
+    assert.equal(await page.textContent('#failed-attempts'), String(closesNow - 1));
 
     // Subscribed again: a message from a page on the other node arrives.
     await sendViaUi(other, 'carol', 'welcome back');
