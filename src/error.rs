@@ -59,6 +59,11 @@ pub enum CloseReason {
     TokenExpired,
     /// The outgoing queue filled, or a gap could not be filled: reconnect and recover.
     SlowConsumer,
+    /// The client broke RFC 6455 framing (unmasked or reserved frames, bad control
+    /// frames, an invalid close code).
+    ProtocolError,
+    /// A text frame that is not UTF-8 (RFC 6455 §8.1).
+    InvalidData,
 }
 
 impl CloseReason {
@@ -72,6 +77,8 @@ impl CloseReason {
             CloseReason::Internal => 1011,
             CloseReason::TokenExpired => 4001,
             CloseReason::SlowConsumer => 4008,
+            CloseReason::ProtocolError => 1002,
+            CloseReason::InvalidData => 1007,
         }
     }
 
@@ -84,21 +91,26 @@ impl CloseReason {
             CloseReason::Internal => "internal error",
             CloseReason::TokenExpired => "token expired",
             CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::ProtocolError => "protocol error",
+            CloseReason::InvalidData => "invalid utf-8",
         }
     }
 
+    /// Every reason, in a fixed order (the outbox stores a reason as its index).
+    pub const ALL: [CloseReason; 9] = [
+        CloseReason::Normal,
+        CloseReason::Draining,
+        CloseReason::Policy,
+        CloseReason::TooBig,
+        CloseReason::Internal,
+        CloseReason::TokenExpired,
+        CloseReason::SlowConsumer,
+        CloseReason::ProtocolError,
+        CloseReason::InvalidData,
+    ];
+
     pub fn from_code(code: u16) -> Option<Self> {
-        [
-            CloseReason::Normal,
-            CloseReason::Draining,
-            CloseReason::Policy,
-            CloseReason::TooBig,
-            CloseReason::Internal,
-            CloseReason::TokenExpired,
-            CloseReason::SlowConsumer,
-        ]
-        .into_iter()
-        .find(|r| r.code() == code)
+        Self::ALL.into_iter().find(|r| r.code() == code)
     }
 }
 
@@ -165,7 +177,7 @@ mod tests {
 
     #[test]
     fn close_codes_round_trip() {
-        for code in [1000, 1001, 1008, 1009, 1011, 4001, 4008] {
+        for code in [1000, 1001, 1002, 1007, 1008, 1009, 1011, 4001, 4008] {
             assert_eq!(
                 CloseReason::from_code(code).map(CloseReason::code),
                 Some(code)

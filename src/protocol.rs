@@ -6,6 +6,8 @@
 //! each `message` frame once, as bytes that every subscriber shares; nothing here
 //! serialises per subscriber.
 
+use std::borrow::Cow;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny};
@@ -53,27 +55,27 @@ pub struct StreamPosition {
 #[derive(Debug)]
 pub enum Op<'a> {
     Subscribe {
-        channel: &'a str,
+        channel: Cow<'a, str>,
         recover: Option<StreamPosition>,
     },
     Unsubscribe {
-        channel: &'a str,
+        channel: Cow<'a, str>,
     },
     Publish {
-        channel: &'a str,
+        channel: Cow<'a, str>,
         data: &'a RawValue,
         idempotency_key: Option<String>,
     },
     History {
-        channel: &'a str,
+        channel: Cow<'a, str>,
         since: Option<StreamPosition>,
         limit: Option<u64>,
     },
     Presence {
-        channel: &'a str,
+        channel: Cow<'a, str>,
     },
     PresenceStats {
-        channel: &'a str,
+        channel: Cow<'a, str>,
     },
     Refresh {
         token: String,
@@ -113,7 +115,7 @@ struct RawFrame<'a> {
     #[serde(default)]
     id: Option<&'a RawValue>,
     #[serde(default, borrow)]
-    op: Option<std::borrow::Cow<'a, str>>,
+    op: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     channel: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
@@ -153,11 +155,7 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
                 "a frame must be one JSON object".to_string()
             };
             // A field of the wrong type may still sit beside a readable id.
-            let id = serde_json::from_str::<IdOnly>(text)
-                .ok()
-                .and_then(|f| f.id)
-                .and_then(|v| parse_id(v).ok());
-            return Err(FrameError::bad(id, msg));
+            return Err(FrameError::bad(peek_id(text), msg));
         }
     };
     let id = match raw.id {
@@ -167,12 +165,12 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
     let Some(op) = raw.op.as_deref() else {
         return Err(FrameError::bad(id, "missing field 'op'"));
     };
-    let channel = || -> Result<&str, FrameError> {
+    let channel = || -> Result<Cow<'_, str>, FrameError> {
         let v = raw
             .channel
             .ok_or_else(|| FrameError::bad(id, "missing field 'channel'"))?;
-        let name = raw_str(v).ok_or_else(|| FrameError::bad(id, "'channel' must be a string"))?;
-        validate_channel(name).map_err(|m| FrameError::bad(id, m))?;
+        let name = json_str(v).ok_or_else(|| FrameError::bad(id, "'channel' must be a string"))?;
+        validate_channel(&name).map_err(|m| FrameError::bad(id, m))?;
         Ok(name)
     };
     let position =
@@ -265,11 +263,29 @@ fn parse_id(v: &RawValue) -> Result<RequestId, String> {
     }
 }
 
-/// A JSON string value whose text needs no unescaping (channel names never do).
-fn raw_str(v: &RawValue) -> Option<&str> {
+/// A JSON string value, borrowed when it has no escapes (the usual spelling of a
+/// channel name), unescaped otherwise: `"a\/b"` and `"\u0061b"` name the same
+/// channels as `"a/b"` and `"ab"`, as they do over HTTP.
+fn json_str(v: &RawValue) -> Option<Cow<'_, str>> {
     let s = v.get();
     let inner = s.strip_prefix('"')?.strip_suffix('"')?;
-    (!inner.contains(['\\', '"'])).then_some(inner)
+    if !inner.contains(['\\', '"']) {
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(s).ok().map(Cow::Owned)
+}
+
+/// The `id` of a client frame, if a valid one can be read, without serving the frame:
+/// a refused frame (rate limit) is still answered with its own id (PROTOCOL §2.2).
+pub fn peek_id(text: &str) -> Option<RequestId> {
+    // serde would also read a struct from an array (`[7]`): only an object has an id.
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    serde_json::from_str::<IdOnly>(text)
+        .ok()
+        .and_then(|f| f.id)
+        .and_then(|v| parse_id(v).ok())
 }
 
 /// PROTOCOL §3: 1 to 128 printable ASCII characters.
@@ -499,6 +515,41 @@ mod tests {
         assert_eq!(e.id, None);
         let e = parse_client_frame(r#"{"id":"7","op":"ping"}"#).unwrap_err();
         assert_eq!(e.id, None);
+    }
+
+    #[test]
+    fn escaped_channel_names_are_the_name_they_spell() {
+        for (text, name) in [
+            (r#"{"op":"subscribe","channel":"a\/b"}"#, "a/b"),
+            (r#"{"op":"subscribe","channel":"\u0061b"}"#, "ab"),
+            (r#"{"op":"subscribe","channel":"plain:c"}"#, "plain:c"),
+        ] {
+            match parse_client_frame(text).unwrap().op {
+                Op::Subscribe { channel, .. } => assert_eq!(channel, name, "{text}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // An escape that spells an invalid byte is refused for the byte, like over HTTP.
+        for bad in [
+            r#"{"id":1,"op":"subscribe","channel":"a\"b"}"#,
+            r#"{"id":1,"op":"subscribe","channel":"a\u0000"}"#,
+            r#"{"id":1,"op":"subscribe","channel":"a\nb"}"#,
+        ] {
+            let e = parse_client_frame(bad).unwrap_err();
+            assert_eq!(e.id, Some(1));
+            assert!(e.message.contains("invalid byte"), "{bad}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn peek_id_reads_only_a_valid_id() {
+        assert_eq!(peek_id(r#"{"id":1000,"op":"ping"}"#), Some(1000));
+        assert_eq!(peek_id(r#"{"op":"publish","data":[1,2],"id":7}"#), Some(7));
+        assert_eq!(peek_id(r#"{"op":"ping"}"#), None);
+        assert_eq!(peek_id(r#"{"id":"7"}"#), None);
+        assert_eq!(peek_id(r#"{"id":-1}"#), None);
+        assert_eq!(peek_id("not json"), None);
+        assert_eq!(peek_id("[1]"), None);
     }
 
     #[test]

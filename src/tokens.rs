@@ -4,7 +4,8 @@
 //! Only the configured algorithms are accepted, each with its own key: the header's
 //! `alg` picks the key, so an HS256 token signed with an RS256 public key is checked
 //! against the HS256 secret (or refused when HS256 is not configured), and `none` is
-//! never accepted. `exp` is optional and has no leeway.
+//! never accepted. `exp` and `nbf` are optional and have no leeway; a time the
+//! system clock cannot represent makes the token invalid, never a panic.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -26,6 +27,8 @@ pub enum TokenError {
     Algorithm(String),
     #[error("token expired")]
     Expired,
+    #[error("token not valid yet ('nbf' is in the future)")]
+    NotYetValid,
 }
 
 #[derive(Deserialize)]
@@ -165,18 +168,27 @@ impl Tokens {
         let mut validation = Validation::new(*alg);
         validation.leeway = 0;
         validation.validate_aud = false;
-        // `exp` is optional (PROTOCOL §2); when present it is checked, without leeway.
+        // `exp` and `nbf` are optional (PROTOCOL §2); when present they are checked,
+        // without leeway (RFC 7519 §4.1.5: not accepted before `nbf`).
+        validation.validate_nbf = true;
         validation.required_spec_claims = HashSet::new();
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
             .kind()
         {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature => TokenError::NotYetValid,
             _ => TokenError::Invalid(e.to_string()),
         })?;
         let claims = data.claims;
-        let expires = claims
-            .exp
-            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        let expires = match claims.exp {
+            None => None,
+            // `exp` ≥ 2^63 s overflows `SystemTime`: such a token is invalid, not a panic.
+            Some(s) => Some(
+                SystemTime::UNIX_EPOCH
+                    .checked_add(Duration::from_secs(s))
+                    .ok_or_else(|| TokenError::Invalid("'exp' is out of range".into()))?,
+            ),
+        };
         if expires.is_some_and(|e| e <= SystemTime::now()) {
             return Err(TokenError::Expired);
         }
@@ -262,6 +274,44 @@ mod tests {
         assert!(tk.verify(&none).is_err());
         assert!(tk.verify("garbage").is_err());
         assert!(tk.verify("").is_err());
+    }
+
+    #[test]
+    fn out_of_range_exp_is_invalid_not_a_panic() {
+        let tk = tokens();
+        for exp in [1u64 << 63, u64::MAX, (1 << 63) + 12345] {
+            assert!(
+                matches!(
+                    tk.verify(&sign(json!({"sub": "u", "exp": exp}), SECRET)),
+                    Err(TokenError::Invalid(_))
+                ),
+                "exp {exp}"
+            );
+        }
+        // Far but representable: valid, and the session's timer copes with it.
+        let far = tk
+            .verify(&sign(json!({"sub": "u", "exp": 1u64 << 40}), SECRET))
+            .unwrap();
+        assert!(far.expires.is_some());
+    }
+
+    #[test]
+    fn nbf_in_the_future_is_refused() {
+        let tk = tokens();
+        let day = 86_400;
+        assert_eq!(
+            tk.verify(&sign(json!({"sub": "u", "nbf": now() + day}), SECRET)),
+            Err(TokenError::NotYetValid)
+        );
+        assert!(
+            tk.verify(&sign(json!({"sub": "u", "nbf": now() - 1}), SECRET))
+                .is_ok()
+        );
+        // An `nbf` no clock will reach is refused like any future one.
+        assert_eq!(
+            tk.verify(&sign(json!({"sub": "u", "nbf": u64::MAX}), SECRET)),
+            Err(TokenError::NotYetValid)
+        );
     }
 
     fn b64(s: &str) -> String {

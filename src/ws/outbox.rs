@@ -54,15 +54,7 @@ pub struct Control {
     closing: AtomicBool,
 }
 
-const REASONS: [CloseReason; 7] = [
-    CloseReason::Normal,
-    CloseReason::Draining,
-    CloseReason::Policy,
-    CloseReason::TooBig,
-    CloseReason::Internal,
-    CloseReason::TokenExpired,
-    CloseReason::SlowConsumer,
-];
+const REASONS: [CloseReason; 9] = CloseReason::ALL;
 
 impl Control {
     /// Asks the connection to close with `reason`. The first reason wins.
@@ -196,6 +188,9 @@ struct Shared {
     /// Signalled when frames leave the queue or the flush is released (only while
     /// `waiters > 0`).
     room: Notify,
+    /// Test-only panic point of the writer task.
+    #[cfg(test)]
+    panic_in_writer: AtomicBool,
 }
 
 /// A connection's queue; cheap to clone (the hub keeps one per subscription).
@@ -230,6 +225,8 @@ impl Outbox {
             capacity: capacity.max(1),
             control: Control::default(),
             room: Notify::new(),
+            #[cfg(test)]
+            panic_in_writer: Default::default(),
         });
         let outbox = Self { shared };
         (outbox.clone(), ControlHandle(outbox))
@@ -568,8 +565,38 @@ fn fail(shared: &Shared, mut q: MutexGuard<'_, Queue>) {
 /// takes more, writes, and ends when the queue is empty. A close hands the flush to
 /// [`Outbox::finish`], which bounds how long a close may wait for a full socket.
 async fn write_when_writable(outbox: Outbox) {
+    let mut guard = AbortUnlessDone {
+        control: &outbox.shared.control,
+        done: false,
+    };
+    write_until_empty(&outbox).await;
+    guard.done = true;
+}
+
+/// Ends the connection when the writer task ends any other way than through its own
+/// end (a panic unwinds it, or the runtime drops it): the flush it holds would never be
+/// given back, and the connection would sit with a queue nobody writes. The abort
+/// wakes the session, which then leaves its channels and unregisters.
+struct AbortUnlessDone<'a> {
+    control: &'a Control,
+    done: bool,
+}
+
+impl Drop for AbortUnlessDone<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.control.abort();
+        }
+    }
+}
+
+async fn write_until_empty(outbox: &Outbox) {
     let shared = &outbox.shared;
     loop {
+        #[cfg(test)]
+        if shared.panic_in_writer.load(Ordering::Relaxed) {
+            panic!("test-only panic point in a writer task");
+        }
         tokio::select! {
             biased;
             _ = shared.control.closed() => break,
@@ -722,6 +749,19 @@ mod tests {
             }
         }
         assert_eq!(outbox.queued(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_writer_task_that_panics_ends_its_connection() {
+        let (outbox, control, tcp) = pair(1024).await;
+        outbox.shared.panic_in_writer.store(true, Ordering::Relaxed);
+        // A full socket hands the flush to a writer task, which hits the panic point.
+        fill(&outbox, 3);
+        tokio::time::timeout(Duration::from_secs(5), control.closed())
+            .await
+            .expect("the connection ends when its writer task dies");
+        assert!(control.is_closing());
+        drop(tcp);
     }
 
     #[tokio::test]

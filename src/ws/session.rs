@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -29,7 +30,7 @@ use crate::server::AppState;
 use crate::ws::frame::Frame;
 use crate::ws::handshake::Upgraded;
 use crate::ws::outbox::{ControlHandle, Outbox};
-use crate::ws::rate::RateLimiter;
+use crate::ws::rate::{RateLimiter, Verdict};
 use crate::ws::socket::ReadHalf;
 
 /// tungstenite reads client frames into a buffer of this size per socket, allocated
@@ -80,6 +81,12 @@ pub async fn run(upgraded: Upgraded, state: Arc<AppState>, identity: Identity) {
     )
     .await;
     let id = state.register_session(control.clone());
+    // Unregisters the session however its task ends, a panic included.
+    let _registration = Registration {
+        state: state.clone(),
+        id,
+        control: control.clone(),
+    };
     let name = session_name(id);
     let welcome = protocol::welcome_frame(
         &name,
@@ -113,7 +120,58 @@ pub async fn run(upgraded: Upgraded, state: Arc<AppState>, identity: Identity) {
         })
         .await;
     }
-    state.unregister_session(id);
+}
+
+/// A session's place in the node's session table (counted in `herald_connections`,
+/// closed by a drain). Dropping it gives the place back: at the normal end of the task
+/// and also when a panic unwinds it, so no ghost session outlives its connection.
+struct Registration {
+    state: Arc<AppState>,
+    id: SessionId,
+    control: ControlHandle,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // After a normal end the connection is closed already and this changes
+        // nothing; after a panic nobody will write a close frame: end it at once.
+        self.control.abort();
+        self.state.unregister_session(self.id);
+    }
+}
+
+/// A session's task ends with its channels left (`leave_all`). Anything else that ends
+/// it, a panic in an op or the task dropped, still releases every channel it holds:
+/// the hub's entry and the node's backplane interest at once, presence in a task of
+/// its own (it talks to the backplane).
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.channels.is_empty() {
+            return;
+        }
+        let channels: Vec<Arc<str>> = self.channels.drain().collect();
+        tracing::warn!(
+            session = self.id,
+            channels = channels.len(),
+            "session ended without leaving its channels; releasing them"
+        );
+        for ch in &channels {
+            self.state.subscriptions.unsubscribe(ch, self.id);
+            self.state.metrics.subscriptions.decrement(1.0);
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let state = self.state.clone();
+        let entry = self.presence.clone();
+        runtime.spawn(async move {
+            for ch in channels {
+                if let Some(ns) = state.config.namespaces.for_channel(&ch).cloned() {
+                    state.presence.leave(&state, &ch, &ns, &entry).await;
+                }
+            }
+        });
+    }
 }
 
 /// A session name unique across the fleet: random, not guessable from the node.
@@ -153,15 +211,17 @@ impl Session {
                             return;
                         }
                         Some(Err(e)) => {
-                            if is_too_big(e) {
-                                self.control.close(CloseReason::TooBig);
-                            } else {
-                                self.control.abort();
+                            match close_for(&e) {
+                                Some(reason) => {
+                                    tracing::debug!(session = self.id, error = %e, "client broke the websocket protocol");
+                                    self.control.close(reason);
+                                }
+                                None => self.control.abort(),
                             }
                             return;
                         }
                         Some(Ok(Message::Text(text))) => {
-                            if self.admit() {
+                            if self.admit(Some(text.as_str())) {
                                 // Boxed: the op futures are large and rare; inline they
                                 // would sit in every idle connection's task.
                                 let refreshed = Box::pin(self.handle_text(text.as_str())).await;
@@ -171,18 +231,27 @@ impl Session {
                             }
                         }
                         Some(Ok(Message::Binary(_) | Message::Frame(_))) => {
-                            if self.admit() {
+                            if self.admit(None) {
                                 self.reply_error(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames");
                             }
                         }
-                        Some(Ok(Message::Close(_))) => {
-                            self.control.close(CloseReason::Normal);
+                        Some(Ok(Message::Close(frame))) => {
+                            // RFC 6455 §7.4: a close code no endpoint may send is a
+                            // protocol error, answered as one.
+                            let valid = frame.is_none_or(|f| f.code.is_allowed());
+                            self.control.close(if valid { CloseReason::Normal } else { CloseReason::ProtocolError });
                             return;
                         }
+                        // Control frames count against the rate limit like every frame
+                        // (PROTOCOL §2.3); a refused ping gets no pong, a flood ends in 1008.
                         Some(Ok(Message::Ping(payload))) => {
-                            self.outbox.push(Frame::Pong(payload));
+                            if self.admit_control() {
+                                self.outbox.push(Frame::Pong(payload));
+                            }
                         }
-                        Some(Ok(Message::Pong(_))) => {}
+                        Some(Ok(Message::Pong(_))) => {
+                            self.admit_control();
+                        }
                     }
                 }
             }
@@ -194,29 +263,53 @@ impl Session {
             let left = exp
                 .duration_since(std::time::SystemTime::now())
                 .unwrap_or_default();
-            sleep.reset(tokio::time::Instant::now() + left);
+            // An expiry further away than the clock can count is no expiry at all.
+            let now = tokio::time::Instant::now();
+            sleep.reset(now.checked_add(left).unwrap_or(now + NO_EXPIRY));
         }
     }
 
-    /// Counts a frame against the rate limit; false when it must not be served.
-    fn admit(&mut self) -> bool {
+    /// Counts a data frame against the rate limit; false when it must not be served.
+    /// A refused text frame is answered with its own id when one can be read
+    /// (PROTOCOL §2.2); the op's work is not done.
+    fn admit(&mut self, text: Option<&str>) -> bool {
         match self.limiter.take(Instant::now()) {
-            crate::ws::rate::Verdict::Allow => true,
-            crate::ws::rate::Verdict::Refuse => {
+            Verdict::Allow => true,
+            Verdict::Refuse => {
                 self.state.metrics.rate_limited.increment(1);
-                self.reply_error(None, ErrorCode::RateLimited, "too many frames; slow down");
+                let id = text.and_then(protocol::peek_id);
+                self.reply_error(id, ErrorCode::RateLimited, "too many frames; slow down");
                 false
             }
-            crate::ws::rate::Verdict::Abuse => {
-                self.state.metrics.rate_limited.increment(1);
-                self.control.close(CloseReason::Policy);
-                false
-            }
+            Verdict::Abuse => self.close_for_abuse(),
         }
+    }
+
+    /// Counts a ping or pong frame against the rate limit. A refused one is dropped
+    /// without a reply: control frames have no id to answer.
+    fn admit_control(&mut self) -> bool {
+        match self.limiter.take(Instant::now()) {
+            Verdict::Allow => true,
+            Verdict::Refuse => {
+                self.state.metrics.rate_limited.increment(1);
+                false
+            }
+            Verdict::Abuse => self.close_for_abuse(),
+        }
+    }
+
+    fn close_for_abuse(&self) -> bool {
+        self.state.metrics.rate_limited.increment(1);
+        self.control.close(CloseReason::Policy);
+        false
     }
 
     /// Serves one text frame. Returns true when the session's token was refreshed.
     async fn handle_text(&mut self, text: &str) -> bool {
+        #[cfg(test)]
+        if text == tests::PANIC_FRAME {
+            panic!("test-only panic point in a session");
+        }
         let frame = match protocol::parse_client_frame(text) {
             Ok(frame) => frame,
             Err(e) => {
@@ -244,10 +337,13 @@ impl Session {
     async fn op(&mut self, op: Op<'_>, id: Option<RequestId>) -> OpResult {
         match op {
             Op::Ping => Ok(Some(json!({}))),
-            Op::Subscribe { channel, recover } => self.subscribe(channel, recover, id).await,
+            Op::Subscribe { channel, recover } => self.subscribe(&channel, recover, id).await,
             Op::Unsubscribe { channel } => {
-                if let Some(ch) = self.channels.take(channel) {
+                // Removed from the set only once left, so that a panic halfway leaves
+                // the channel to the session's drop guard.
+                if let Some(ch) = self.channels.get(channel.as_ref()).cloned() {
                     self.leave(&ch).await;
+                    self.channels.remove(&ch);
                 }
                 Ok(Some(json!({})))
             }
@@ -256,6 +352,7 @@ impl Session {
                 data,
                 idempotency_key,
             } => {
+                let channel: &str = &channel;
                 let ns = self.namespace(channel)?;
                 if !permits(ns.publish, &self.identity, channel) {
                     return Err(forbidden("publish", channel));
@@ -272,6 +369,7 @@ impl Session {
                 since,
                 limit,
             } => {
+                let channel: &str = &channel;
                 let ns = self.namespace(channel)?;
                 if !permits(ns.history, &self.identity, channel) {
                     return Err(forbidden("history", channel));
@@ -281,6 +379,7 @@ impl Session {
                     .map(Some)
             }
             Op::Presence { channel } => {
+                let channel: &str = &channel;
                 let ns = self.namespace(channel)?;
                 if !permits(ns.presence_read, &self.identity, channel) {
                     return Err(forbidden("presence", channel));
@@ -288,6 +387,7 @@ impl Session {
                 presence::list(&self.state, channel, &ns).await.map(Some)
             }
             Op::PresenceStats { channel } => {
+                let channel: &str = &channel;
                 let ns = self.namespace(channel)?;
                 if !permits(ns.presence_read, &self.identity, channel) {
                     return Err(forbidden("presence", channel));
@@ -476,9 +576,10 @@ impl Session {
     }
 
     async fn leave_all(&mut self) {
-        let channels: Vec<Arc<str>> = self.channels.drain().collect();
+        let channels: Vec<Arc<str>> = self.channels.iter().cloned().collect();
         for ch in channels {
             self.leave(&ch).await;
+            self.channels.remove(&ch);
         }
     }
 }
@@ -493,7 +594,123 @@ fn forbidden(what: &str, channel: &str) -> OpError {
     )
 }
 
-/// True when the read failed because a frame or message exceeded the size limit.
-fn is_too_big(e: WsError) -> bool {
-    matches!(e, WsError::Capacity(_))
+/// The close a failed read earns (RFC 6455 §7.4.1), or None when the peer is gone
+/// and nobody would read a close frame (EOF, reset, I/O error).
+fn close_for(e: &WsError) -> Option<CloseReason> {
+    match e {
+        WsError::Capacity(_) => Some(CloseReason::TooBig),
+        WsError::Utf8(_) => Some(CloseReason::InvalidData),
+        // The peer hung up without a close frame: not a framing error.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(_) => Some(CloseReason::ProtocolError),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::server::Node;
+    use futures_util::SinkExt;
+    use tokio::net::TcpStream;
+    use tokio_tungstenite::{MaybeTlsStream, connect_async};
+
+    /// A text frame that panics the session serving it (test builds only).
+    pub(crate) const PANIC_FRAME: &str = r#"{"op":"__test_panic__"}"#;
+
+    type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+    async fn node() -> Node {
+        let mut config = Config::from_toml("[namespaces.chat]\npresence = true\n").unwrap();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.unsubscribe_grace = Duration::from_millis(50);
+        Node::start(config).await.unwrap()
+    }
+
+    async fn connect(node: &Node) -> Ws {
+        connect_async(format!("ws://{}/ws", node.addr))
+            .await
+            .unwrap()
+            .0
+    }
+
+    /// Sends a request and returns its reply, skipping other frames.
+    async fn request(ws: &mut Ws, frame: Value) -> Value {
+        let id = frame["id"].clone();
+        ws.send(Message::text(frame.to_string())).await.unwrap();
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+            let Ok(Some(Ok(Message::Text(text)))) = next else {
+                panic!("no reply to {id}: {next:?}");
+            };
+            let v: Value = serde_json::from_str(text.as_str()).unwrap();
+            if v["type"] == "reply" && v["id"] == id {
+                return v;
+            }
+        }
+    }
+
+    fn gauge(node: &Node, name: &str) -> f64 {
+        let text = node.state.metrics.render();
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    #[tokio::test]
+    async fn a_session_that_panics_leaves_nothing_behind() {
+        let node = node().await;
+        let mut doomed = connect(&node).await;
+        let mut other = connect(&node).await;
+        for ws in [&mut doomed, &mut other] {
+            let r = request(
+                ws,
+                json!({"id": 1, "op": "subscribe", "channel": "chat:room"}),
+            )
+            .await;
+            assert_eq!(r["result"], json!({}), "{r}");
+        }
+        assert_eq!(node.state.connection_count(), 2);
+        assert_eq!(gauge(&node, "herald_subscriptions"), 2.0);
+
+        doomed.send(Message::text(PANIC_FRAME)).await.unwrap();
+        // The connection ends rather than hanging: its task is gone.
+        let end = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(_)) = doomed.next().await {}
+        })
+        .await;
+        assert!(end.is_ok(), "the panicked session's connection stayed open");
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let listed = request(
+                &mut other,
+                json!({"id": 2, "op": "presence", "channel": "chat:room"}),
+            )
+            .await;
+            let present = listed["result"]["clients"].as_array().map_or(0, Vec::len);
+            let clean = node.state.connection_count() == 1
+                && node.state.hub.subscriber_count("chat:room") == 1
+                && gauge(&node, "herald_subscriptions") == 1.0
+                && gauge(&node, "herald_connections") == 1.0
+                && present == 1;
+            if clean {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "state left behind: connections {}, hub subscribers {}, presence {present}",
+                node.state.connection_count(),
+                node.state.hub.subscriber_count("chat:room"),
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The survivor is served as before.
+        let r = request(&mut other, json!({"id": 3, "op": "ping"})).await;
+        assert_eq!(r["result"], json!({}));
+        node.stop().await;
+    }
 }
