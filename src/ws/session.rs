@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -237,8 +238,9 @@ impl Session {
                         }
                         Some(Ok(Message::Close(frame))) => {
                             // RFC 6455 §7.4: a close code no endpoint may send is a
-                            // protocol error, answered as one.
-                            let valid = frame.is_none_or(|f| f.code.is_allowed());
+                            // protocol error, answered as one. tungstenite hands such a
+                            // frame over as 1002 already; a client's own 1002 gets the same.
+                            let valid = frame.is_none_or(|f| f.code != CloseCode::Protocol);
                             self.control.close(if valid { CloseReason::Normal } else { CloseReason::ProtocolError });
                             return;
                         }
