@@ -9,6 +9,7 @@
 //! Engines deliver what they receive to the [`crate::hub::Hub`] they were built with;
 //! they do not decide when to subscribe (that is [`crate::subscriptions`]).
 
+pub mod log_limit;
 pub mod memory;
 pub mod redis;
 

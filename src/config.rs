@@ -187,11 +187,38 @@ pub struct Limits {
     pub max_presence: usize,
     pub max_body_bytes: usize,
     pub max_frame_bytes: usize,
+    /// Frames read from the backplane above this are dropped unparsed (PROTOCOL §4).
+    /// Unset: [`Limits::backplane_frame_bytes`] picks it.
+    pub max_backplane_frame_bytes: Option<usize>,
     pub outbox_messages: usize,
     /// Optional write coalescing: a writer waits this long after the first queued frame
     /// so that more frames share one `write()`. Off by default.
     #[serde(skip)]
     pub write_coalesce: Duration,
+}
+
+/// The default of `limits.max_backplane_frame_bytes`. Larger than the client limits
+/// because frames come from backends too (straight into Redis, or ingested streams),
+/// small enough that one frame cannot cost every node and socket megabytes.
+pub const DEFAULT_BACKPLANE_FRAME_BYTES: usize = 1 << 20;
+/// What a node adds to a client's data to make a `message` frame (type, a channel name
+/// of at most 255 bytes, offset and epoch), rounded up.
+pub const FRAME_ENVELOPE_BYTES: usize = 1024;
+
+impl Limits {
+    /// The backplane frame limit in force: the configured one, or else the default,
+    /// raised when needed so that whatever an HTTP body or a WebSocket frame may carry
+    /// still fits once framed (an accepted publish is never dropped on the way).
+    pub fn backplane_frame_bytes(&self) -> usize {
+        self.max_backplane_frame_bytes
+            .unwrap_or(DEFAULT_BACKPLANE_FRAME_BYTES.max(self.min_backplane_frame_bytes()))
+    }
+
+    fn min_backplane_frame_bytes(&self) -> usize {
+        self.max_body_bytes
+            .max(self.max_frame_bytes)
+            .saturating_add(FRAME_ENVELOPE_BYTES)
+    }
 }
 
 impl Default for Limits {
@@ -205,6 +232,7 @@ impl Default for Limits {
             max_presence: 1000,
             max_body_bytes: 65536,
             max_frame_bytes: 65536,
+            max_backplane_frame_bytes: None,
             outbox_messages: 1024,
             write_coalesce: Duration::ZERO,
         }
@@ -711,6 +739,19 @@ fn check_limits(l: &Limits, f: &str) -> Result<(), ConfigError> {
         if value == 0 {
             return Err(ConfigError::new(f, key, "must be at least 1"));
         }
+    }
+    if let Some(n) = l.max_backplane_frame_bytes
+        && n < l.min_backplane_frame_bytes()
+    {
+        return Err(ConfigError::new(
+            f,
+            "limits.max_backplane_frame_bytes",
+            format!(
+                "must be at least {} (the larger of max_body_bytes and max_frame_bytes, plus \
+                 {FRAME_ENVELOPE_BYTES}), or publishes the node accepts would be dropped",
+                l.min_backplane_frame_bytes()
+            ),
+        ));
     }
     if l.max_frame_bytes < 256 {
         return Err(ConfigError::new(

@@ -7,6 +7,10 @@ use clap::Parser;
 use herald::config::{Config, Flags, LogFormat, SecretEnv};
 use herald::server::{Node, StartError};
 
+/// How long the runtime's remaining tasks get once the node has stopped (or its stop
+/// bound passed), before the process exits regardless.
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_millis(200);
+
 fn main() -> ExitCode {
     let flags = Flags::parse();
     let config = match Config::load(&flags, &SecretEnv::from_process())
@@ -26,7 +30,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    let result = runtime.block_on(run(config));
+    // Tasks still running (a stop cut short by its bound, a blocking file read) must
+    // not hold the exit: dropping the runtime would wait for blocking tasks unbounded.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -60,7 +68,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         node.addr
     );
     herald::shutdown::signal().await;
-    node.drain_and_stop().await;
+    herald::shutdown::drain(&node.state).await;
+    let bound = herald::shutdown::STOP_BOUND;
+    if tokio::time::timeout(bound, node.stop()).await.is_err() {
+        tracing::warn!(
+            ?bound,
+            "the node did not stop within its bound after the drain; exiting anyway"
+        );
+    }
     tracing::info!("stopped");
     Ok(())
 }

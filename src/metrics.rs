@@ -31,6 +31,7 @@ pub struct Metrics {
     pub backplane_reconnects: Counter,
     pub backplane_lagged: Counter,
     pub invalid_payloads: Counter,
+    pub oversized_payloads: Counter,
     pub publish_errors: Counter,
     pub gap_closes: Counter,
     pub gap_fills: Counter,
@@ -104,6 +105,11 @@ impl Metrics {
                 r,
                 "herald_backplane_invalid_payloads_total",
                 "backplane payloads dropped as invalid",
+            ),
+            oversized_payloads: counter(
+                r,
+                "herald_backplane_oversized_payloads_total",
+                "backplane payloads dropped unread for exceeding limits.max_backplane_frame_bytes",
             ),
             publish_errors: counter(
                 r,

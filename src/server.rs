@@ -153,6 +153,7 @@ impl Node {
                 let redis = RedisBackplane::start(
                     url,
                     &config.prefix,
+                    config.limits.backplane_frame_bytes(),
                     hub.clone(),
                     metrics.clone(),
                     gap_report.clone(),

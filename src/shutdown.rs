@@ -1,7 +1,9 @@
 //! Signals and the drain (DESIGN.md decision 8). On SIGTERM (Kubernetes starts a
 //! graceful shutdown) or SIGINT the node turns not-ready and refuses new upgrades at
 //! once, then closes its sockets with 1001 spread evenly over the drain period, so
-//! the fleet absorbs the reconnects without a storm.
+//! the fleet absorbs the reconnects without a storm. After the drain the node gets at
+//! most [`STOP_BOUND`] to stop, so that its exit has a bound the deployment can plan
+//! its grace period on.
 
 use std::time::Duration;
 
@@ -31,6 +33,14 @@ pub async fn signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// How long a node may take to stop once its drain is over: session tasks finish,
+/// open HTTP requests are answered (one waiting on Redis gets its answer within the
+/// 3 s command timeout) and Redis gets [`crate::backplane::redis::QUIT_TIMEOUT`] (2 s)
+/// to acknowledge `QUIT`. Whatever still runs then is abandoned and the process exits.
+/// A node thus exits at most `drain_period` + this after SIGTERM (README
+/// "Operations", docs/DEPLOY.md; tests/deploy checks the grace period against it).
+pub const STOP_BOUND: Duration = Duration::from_secs(5);
 
 /// Share of the drain period over which closes are spread; the rest lets the last
 /// close frames reach their clients before the process exits.

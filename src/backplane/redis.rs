@@ -4,7 +4,8 @@
 //! client (pub/sub only, so a slow command never delays a message). The subscriber's
 //! messages are read from `message_rx()` by one task that validates each payload once
 //! and hands the shared bytes to the hub; `Lagged` is counted and reported as a
-//! possible gap, never ignored.
+//! possible gap, never ignored. Payloads that anyone with Redis access can write (too
+//! large, invalid) are dropped, counted one by one and logged through a [`LogLimit`].
 //!
 //! Redis outages: both clients reconnect with backoff; [`Link`] tells the rest of the
 //! node (readiness, re-subscription, gap checks). While the link is down, publishes
@@ -24,6 +25,7 @@ use fred::types::{ClusterHash, CustomCommand};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::log_limit::{self, LogLimit};
 use super::{
     Backplane, Durability, History, HistoryQuery, Link, Position, PresenceEntry, PublishRequest,
     Published, StoredMessage, new_epoch,
@@ -63,6 +65,12 @@ const PUBSUB_CAPACITY: usize = 16_384;
 const EVENT_CAPACITY: usize = 32;
 /// Channels per SUBSCRIBE command when re-subscribing in bulk.
 const SUBSCRIBE_CHUNK: usize = 500;
+/// Longest a node waits at shutdown for Redis to acknowledge `QUIT` on both
+/// connections. fred's `QUIT` first waits for every command in flight, so a Redis that
+/// hangs (or is slow under load) would otherwise hold the exit for up to a command
+/// timeout per connection. Nothing is lost by cutting it: every caller has had its
+/// answer or its timeout by then, and Redis sees the sockets close either way.
+pub const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Redis key names of PROTOCOL §4.
 #[derive(Debug, Clone)]
@@ -133,6 +141,7 @@ impl RedisBackplane {
     pub fn start(
         url: &str,
         prefix: &str,
+        max_frame_bytes: usize,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
         gaps: Arc<GapReport>,
@@ -190,11 +199,25 @@ impl RedisBackplane {
         let messages = this.subscriber.message_rx();
         this.client.connect();
         this.subscriber.connect();
+        let drops = Drops {
+            max_frame_bytes,
+            invalid: Arc::new(LogLimit::new(
+                "invalid backplane payloads",
+                log_limit::INTERVAL,
+            )),
+            oversized: Arc::new(LogLimit::new(
+                "oversized backplane payloads",
+                log_limit::INTERVAL,
+            )),
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(drops.invalid.clone().run(shutdown.clone()));
+        tokio::spawn(drops.oversized.clone().run(shutdown.clone()));
         tokio::spawn(read_messages(
             messages,
             this.keys.clone(),
             hub,
-            metrics.clone(),
+            drops,
             gaps,
             shutdown.clone(),
         ));
@@ -221,10 +244,15 @@ impl RedisBackplane {
         }
     }
 
-    /// Closes both connections (graceful shutdown).
+    /// Closes both connections (graceful shutdown), waiting at most [`QUIT_TIMEOUT`].
     pub async fn quit(&self) {
-        let _ = self.subscriber.quit().await;
-        let _ = self.client.quit().await;
+        let both = async { tokio::join!(self.subscriber.quit(), self.client.quit()) };
+        if tokio::time::timeout(QUIT_TIMEOUT, both).await.is_err() {
+            tracing::warn!(
+                timeout = ?QUIT_TIMEOUT,
+                "redis did not acknowledge QUIT in time; closing the connections anyway"
+            );
+        }
     }
 
     async fn run_history(
@@ -601,12 +629,48 @@ impl Backplane for RedisBackplane {
     }
 }
 
+/// What the reader drops: each payload counted, the lines rate-limited per kind.
+struct Drops {
+    max_frame_bytes: usize,
+    invalid: Arc<LogLimit>,
+    oversized: Arc<LogLimit>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drops {
+    fn invalid(&self, channel: &str, reason: &str) {
+        self.metrics.invalid_payloads.increment(1);
+        if let Some(suppressed) = self.invalid.admit(reason) {
+            tracing::warn!(
+                channel,
+                reason = log_limit::clip(reason),
+                suppressed,
+                "dropped an invalid backplane payload"
+            );
+        }
+    }
+
+    fn oversized(&self, channel: &str, bytes: usize) {
+        self.metrics.oversized_payloads.increment(1);
+        let reason = "above limits.max_backplane_frame_bytes";
+        if let Some(suppressed) = self.oversized.admit(reason) {
+            tracing::warn!(
+                channel,
+                bytes,
+                limit = self.max_frame_bytes,
+                suppressed,
+                "dropped an oversized backplane payload unread"
+            );
+        }
+    }
+}
+
 /// The one reader of pub/sub messages: validate once, dispatch to the hub.
 async fn read_messages(
     mut rx: broadcast::Receiver<fred::types::Message>,
     keys: Keys,
     hub: Arc<Hub>,
-    metrics: Arc<Metrics>,
+    drops: Drops,
     gaps: Arc<GapReport>,
     shutdown: CancellationToken,
 ) {
@@ -625,12 +689,18 @@ async fn read_messages(
                     Value::String(s) => s.into_inner(),
                     Value::Bytes(b) => b,
                     _ => {
-                        reject(&metrics, channel, "not a string payload");
+                        drops.invalid(channel, "not a string payload");
                         continue;
                     }
                 };
+                // Before any parsing: a frame this large would cost every subscriber
+                // its copy in the socket buffers, and parsing it costs the reader.
+                if bytes.len() > drops.max_frame_bytes {
+                    drops.oversized(channel, bytes.len());
+                    continue;
+                }
                 let Ok(frame) = Utf8Bytes::try_from(bytes) else {
-                    reject(&metrics, channel, "payload is not UTF-8");
+                    drops.invalid(channel, "payload is not UTF-8");
                     continue;
                 };
                 match protocol::check_payload(channel, frame.as_str()) {
@@ -643,11 +713,11 @@ async fn read_messages(
                     Ok(PayloadKind::Presence) => {
                         hub.dispatch(channel, &frame, None, now);
                     }
-                    Err(reason) => reject(&metrics, channel, &reason),
+                    Err(reason) => drops.invalid(channel, &reason),
                 }
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                metrics.backplane_lagged.increment(n);
+                drops.metrics.backplane_lagged.increment(n);
                 tracing::warn!(
                     skipped = n,
                     "backplane reader lagged; checking durable channels for gaps"
@@ -657,11 +727,6 @@ async fn read_messages(
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
-}
-
-fn reject(metrics: &Metrics, channel: &str, reason: &str) {
-    metrics.invalid_payloads.increment(1);
-    tracing::warn!(channel, reason, "dropped an invalid backplane payload");
 }
 
 /// Keeps [`Link`] true to both connections. A reconnect of the subscriber starts a new

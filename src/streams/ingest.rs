@@ -28,6 +28,7 @@ use metrics::{Counter, Gauge};
 use tokio_util::sync::CancellationToken;
 
 use super::entry::{ChannelRule, Entry, map_entry, parse_autoclaim, parse_read};
+use crate::backplane::log_limit::{self, LogLimit};
 use crate::backplane::redis::RedisBackplane;
 use crate::backplane::{Idempotency, PublishRequest, Published};
 use crate::config::{Config, ConfigError, IngestSource, parse_duration};
@@ -191,7 +192,16 @@ pub fn start(
         .and_then(|v| v.parse::<u64>().ok());
     for spec in specs {
         let metrics = state.metrics.source(&spec.stream);
+        // A producer can write unmappable entries as fast as Redis takes them: each is
+        // counted and kept in the dead-letter stream with its reason, the log gets a
+        // line per burst.
+        let dead_letters = Arc::new(LogLimit::new(
+            format!("entries of stream '{}' dead-lettered", spec.stream),
+            log_limit::INTERVAL,
+        ));
+        tokio::spawn(dead_letters.clone().run(shutdown.clone()));
         let reader = Reader {
+            dead_letters,
             lease_key: format!(
                 "{}:ingest:{}:{}:lease",
                 state.config.prefix, spec.stream, spec.group
@@ -220,6 +230,7 @@ struct Reader {
     lease: Script,
     release: Script,
     metrics: SourceMetrics,
+    dead_letters: Arc<LogLimit>,
     abort_after: Option<u64>,
     published: u64,
     /// Entries done but not yet acknowledged (flushed per batch and after each step).
@@ -623,7 +634,15 @@ impl Reader {
         fields: &[(String, String)],
         reason: &str,
     ) -> Result<(), StepError> {
-        tracing::warn!(stream = %self.spec.stream, id, reason, "entry dead-lettered");
+        if let Some(suppressed) = self.dead_letters.admit(reason) {
+            tracing::warn!(
+                stream = %self.spec.stream,
+                id,
+                reason = log_limit::clip(reason),
+                suppressed,
+                "entry dead-lettered"
+            );
+        }
         let mut args: Vec<String> = vec![
             self.spec.dead_letter.clone(),
             "*".into(),

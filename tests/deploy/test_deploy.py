@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 IMAGE_CONFIG = ROOT / "deploy" / "herald.toml"
 CONFIG_DOC = ROOT / "docs" / "CONFIG.md"
+# The node's bound on stopping after its drain (`STOP_BOUND`), which the grace period
+# must cover besides preStop and drain_period.
+SHUTDOWN_RS = ROOT / "src" / "shutdown.rs"
 KUSTOMIZATIONS = {
     "base": ROOT / "k8s" / "base",
     "dev": ROOT / "k8s" / "overlays" / "dev",
@@ -50,7 +53,8 @@ CONFIG_TABLE_KEYS = {
              "jwt_public_key_file", "allowed_origins"},
     "limits": {"max_connections", "new_connections_per_sec", "messages_per_sec",
                "max_subscriptions", "max_channels_per_publish", "max_presence",
-               "max_body_bytes", "max_frame_bytes", "outbox_messages"},
+               "max_body_bytes", "max_frame_bytes", "max_backplane_frame_bytes",
+               "outbox_messages"},
 }
 # [default_namespace] and [namespaces.<name>] share these keys.
 NAMESPACE_KEYS = {"subscribe", "publish", "history", "presence_read", "history_size",
@@ -332,6 +336,17 @@ def resolve_port(container, port):
     return None
 
 
+def stop_bound_seconds(source: str) -> float:
+    """Seconds of `pub const STOP_BOUND: Duration = Duration::from_secs(N)` in
+    src/shutdown.rs: how long a node may take to stop once its drain is over."""
+    m = re.search(r"pub const STOP_BOUND: Duration = Duration::from_(secs|millis)\((\d+)\)",
+                  source)
+    if not m:
+        raise LookupError("STOP_BOUND (Duration::from_secs or from_millis) not found in "
+                          "src/shutdown.rs")
+    return int(m.group(2)) / (1000 if m.group(1) == "millis" else 1)
+
+
 def prestop_seconds(container) -> float:
     pre_stop = container.get("lifecycle", {}).get("preStop")
     if not pre_stop:
@@ -483,7 +498,8 @@ def check_deployment_ports_and_probes(docs, dockerfile: str) -> list[str]:
     return problems
 
 
-def check_termination_grace(docs, dockerfile: str) -> list[str]:
+def check_termination_grace(docs, dockerfile: str, shutdown_rs: str | None = None) -> list[str]:
+    """The grace period covers preStop + drain_period + the node's stop bound."""
     deployment = herald_deployment(docs)
     container = herald_container(deployment)
     try:
@@ -492,14 +508,20 @@ def check_termination_grace(docs, dockerfile: str) -> list[str]:
                                          "HERALD_DRAIN_PERIOD", "server", "drain_period"))
     except (LookupError, tomllib.TOMLDecodeError, ValueError) as e:
         return [f"cannot work out drain_period: {e}"]
+    try:
+        bound = stop_bound_seconds(SHUTDOWN_RS.read_text() if shutdown_rs is None
+                                   else shutdown_rs)
+    except (LookupError, OSError) as e:
+        return [f"cannot work out the node's stop bound: {e}"]
     pre_stop = prestop_seconds(container)
     grace = deployment["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
     problems = []
     if pre_stop <= 0:
         problems.append("no preStop sleep: the pod would stop before load balancers notice")
-    if not grace > drain + pre_stop:
-        problems.append(f"terminationGracePeriodSeconds {grace} is not above drain_period "
-                        f"{drain:g}s + preStop {pre_stop:g}s: the drain would be cut short")
+    if not grace >= pre_stop + drain + bound:
+        problems.append(f"terminationGracePeriodSeconds {grace} is below preStop {pre_stop:g}s"
+                        f" + drain_period {drain:g}s + the node's stop bound {bound:g}s: the "
+                        "pod could be killed before it has stopped")
     return problems
 
 
@@ -677,7 +699,7 @@ class KubernetesTest(unittest.TestCase):
     def test_ports_and_probes_target_listen_port(self):
         self.each(check_deployment_ports_and_probes, dockerfile_text())
 
-    def test_grace_period_covers_prestop_and_drain(self):
+    def test_grace_period_covers_prestop_drain_and_stop_bound(self):
         self.each(check_termination_grace, dockerfile_text())
 
     def test_configmap_uses_documented_keys_only(self):
@@ -819,11 +841,31 @@ class CheckersCatchBreakage(unittest.TestCase):
         def no_prestop(docs):
             del self.container(docs)["lifecycle"]
 
-        for mutate in (short_grace, long_drain, drain_flag, no_prestop):
+        def grace_without_stop_bound(docs):
+            # Covers preStop and the drain, but not the time the node may take to stop
+            # after its drain (a Redis that does not answer QUIT, open requests).
+            container = self.container(docs)
+            _, text = config_of(docs, dockerfile_text())
+            drain = parse_duration(tomllib.loads(text)["server"]["drain_period"])
+            bound = stop_bound_seconds(SHUTDOWN_RS.read_text())
+            herald_deployment(docs)["spec"]["template"]["spec"][
+                "terminationGracePeriodSeconds"] = int(
+                    prestop_seconds(container) + drain + bound) - 1
+
+        for mutate in (short_grace, long_drain, drain_flag, no_prestop,
+                       grace_without_stop_bound):
             with self.subTest(mutation=mutate.__name__):
                 docs = self.broken()
                 mutate(docs)
                 self.assertNotEqual(check_termination_grace(docs, dockerfile_text()), [])
+        # The bound comes from the source: a longer one needs a longer grace period, and
+        # a source without it is a problem, not a pass.
+        docs = self.broken()
+        longer = SHUTDOWN_RS.read_text().replace(
+            "pub const STOP_BOUND: Duration = Duration::from_secs(",
+            "pub const STOP_BOUND: Duration = Duration::from_secs(100")
+        self.assertNotEqual(check_termination_grace(docs, dockerfile_text(), longer), [])
+        self.assertNotEqual(check_termination_grace(docs, dockerfile_text(), "// nothing"), [])
 
     def test_configmap_check(self):
         for table, line in (("limits", "max_conections = 5"), ("server", "port = 8080"),
