@@ -128,12 +128,36 @@ async fn check(state: &AppState, channel: &Arc<str>) -> Result<(), crate::error:
             .first()
             .is_none_or(|m| m.offset == last + 1);
     if !fillable {
-        let closed = state
+        let (closed, sessions) = state
             .hub
             .close_subscribers(channel, CloseReason::SlowConsumer);
         state.metrics.gap_closes.increment(closed as u64);
         state.hub.reset_position(channel, &pos.epoch, pos.offset);
-        tracing::warn!(channel = %channel, closed, "durable gap could not be filled; subscribers closed with 4008");
+        // Everything needed to tell why history could not fill it: the node's
+        // position against the stream's, and where the stream's history starts.
+        tracing::warn!(
+            channel = %channel,
+            closed,
+            delivered_epoch = %epoch,
+            delivered_offset = last,
+            stream_epoch = %pos.epoch,
+            stream_offset = pos.offset,
+            history_first = history.messages.first().map(|m| m.offset),
+            "durable gap could not be filled; subscribers closed with 4008"
+        );
+        // One line per session, as for every other 4008, so a client's close can be
+        // found by its session.
+        for session in sessions {
+            tracing::info!(
+                channel = %channel,
+                session,
+                delivered_epoch = %epoch,
+                delivered_offset = last,
+                stream_epoch = %pos.epoch,
+                stream_offset = pos.offset,
+                "unfillable durable gap; closing with 4008"
+            );
+        }
         return Ok(());
     }
     let now = Instant::now();

@@ -175,7 +175,7 @@ impl Hub {
             ChannelState::default()
         });
         // What was published before it joined is not its to receive.
-        let flushes = self.release_batch_locked(&mut entry);
+        let flushes = self.release_batch_locked(channel, &mut entry);
         entry.subscribers.push(sub);
         let confirmed = entry.confirmed;
         drop(entry);
@@ -190,7 +190,7 @@ impl Hub {
             return false;
         };
         // What was published while it was subscribed is still its to receive.
-        let flushes = self.release_batch_locked(&mut entry);
+        let flushes = self.release_batch_locked(channel, &mut entry);
         if let Some(i) = entry.subscribers.iter().position(|s| s.session == session) {
             entry.subscribers.swap_remove(i);
         }
@@ -276,7 +276,7 @@ impl Hub {
             // At most one flush per subscriber: sized once, never regrown.
             let mut flushes = Vec::with_capacity(entry.subscribers.len());
             let wire = Frame::framed_text(frame);
-            let out = self.fan_out_plain(&entry, frame, &wire, &mut flushes);
+            let out = self.fan_out_plain(channel, &entry, frame, &wire, &mut flushes);
             drop(entry);
             return self.finish(out, flushes, since);
         };
@@ -285,7 +285,7 @@ impl Hub {
         };
         // Durable frames are not batched (each subscriber keeps its own sequence); a
         // plain batch of the same channel goes first, to keep one order.
-        let earlier = self.release_batch_locked(&mut entry);
+        let earlier = self.release_batch_locked(channel, &mut entry);
         if let Some(c) = &self.coalescer {
             // (Only a coalescing hub has batches.)
             c.defer(earlier);
@@ -311,10 +311,14 @@ impl Hub {
             None => {}
         }
         let epoch: Arc<str> = epoch.into();
+        // For the log line of a gap close: None means this is the first durable frame
+        // the channel's entry on this node sees.
+        let node_had = entry.position.as_ref().map(|(_, o)| *o);
         entry.position = Some((epoch.clone(), off));
         let mut flushes = Vec::with_capacity(entry.subscribers.len());
         let wire = Frame::framed_text(frame);
-        let out = self.fan_out_durable(&mut entry, frame, &wire, off, &epoch, &mut flushes);
+        let at = (off, &epoch, node_had);
+        let out = self.fan_out_durable(channel, &mut entry, frame, &wire, at, &mut flushes);
         drop(entry);
         self.finish(out, flushes, since)
     }
@@ -350,7 +354,8 @@ impl Hub {
         Frame::append_framed_text(&mut batch.wire, frame);
         batch.messages += 1;
         if coalescer.batch_is_full(batch.messages, batch.wire.len()) {
-            let flushes = self.release_batch_locked(entry);
+            let name = entry.key().clone();
+            let flushes = self.release_batch_locked(&name, entry);
             coalescer.defer(flushes);
         } else if !entry.listed {
             // Under the guard, so that a tick that takes the list finds this batch.
@@ -368,7 +373,7 @@ impl Hub {
     pub fn release_batch(&self, channel: &str, flushes: &mut Vec<Flush>) {
         if let Some(mut entry) = self.channels.get_mut(channel) {
             entry.listed = false;
-            let released = self.release_batch_locked(&mut entry);
+            let released = self.release_batch_locked(channel, &mut entry);
             drop(entry);
             flushes.extend(released);
         }
@@ -376,7 +381,7 @@ impl Hub {
 
     /// Queues the channel's batch, if any, for every live subscriber; the caller
     /// holds the guard and writes the flushes once it has released it.
-    fn release_batch_locked(&self, entry: &mut ChannelState) -> Vec<Flush> {
+    fn release_batch_locked(&self, channel: &str, entry: &mut ChannelState) -> Vec<Flush> {
         let Some(batch) = entry.batch.take() else {
             return Vec::new();
         };
@@ -386,7 +391,7 @@ impl Hub {
         let mut flushes = Vec::with_capacity(entry.subscribers.len());
         for sub in &entry.subscribers {
             if let Route::Live = sub.route {
-                self.push(sub, &wire, &mut out, &mut flushes);
+                self.push(channel, sub, &wire, &mut out, &mut flushes);
             }
         }
         if out.queued > 0 {
@@ -427,6 +432,7 @@ impl Hub {
     /// `frame` is the message, `wire` the same framed once for the sockets.
     fn fan_out_plain(
         &self,
+        channel: &str,
         state: &ChannelState,
         frame: &Utf8Bytes,
         wire: &Frame,
@@ -435,30 +441,32 @@ impl Hub {
         let mut out = Fanout::default();
         for sub in &state.subscribers {
             match &sub.route {
-                Route::Live => self.push(sub, wire, &mut out, flushes),
+                Route::Live => self.push(channel, sub, wire, &mut out, flushes),
                 Route::Buffer(buffer) => buffer_frame(buffer, None, frame, &mut out),
             }
         }
         out
     }
 
-    /// As [`Hub::fan_out_plain`], keeping each subscriber's own sequence.
+    /// As [`Hub::fan_out_plain`], keeping each subscriber's own sequence. `at` is the
+    /// frame's offset and epoch, and the channel's offset on this node before it.
     fn fan_out_durable(
         &self,
+        channel: &str,
         state: &mut ChannelState,
         frame: &Utf8Bytes,
         wire: &Frame,
-        off: u64,
-        epoch: &Arc<str>,
+        at: (u64, &Arc<str>, Option<u64>),
         flushes: &mut Vec<Flush>,
     ) -> Fanout {
+        let (off, epoch, node_had) = at;
         let mut out = Fanout::default();
         for sub in &mut state.subscribers {
             match &sub.route {
                 Route::Live => match next_in_sequence(&mut sub.seq, off, epoch) {
-                    Next::Deliver => self.push(sub, wire, &mut out, flushes),
+                    Next::Deliver => self.push(channel, sub, wire, &mut out, flushes),
                     Next::Skip => {}
-                    Next::Gap => self.close_for_gap(sub),
+                    Next::Gap => self.close_for_gap(channel, sub, (off, epoch, node_had), "live"),
                 },
                 Route::Buffer(buffer) => {
                     buffer_frame(buffer, Some((off, epoch.clone())), frame, &mut out)
@@ -468,7 +476,14 @@ impl Hub {
         out
     }
 
-    fn push(&self, sub: &Subscriber, wire: &Frame, out: &mut Fanout, flushes: &mut Vec<Flush>) {
+    fn push(
+        &self,
+        channel: &str,
+        sub: &Subscriber,
+        wire: &Frame,
+        out: &mut Fanout,
+        flushes: &mut Vec<Flush>,
+    ) {
         let messages = wire.messages() as u64;
         let (pushed, flush) = sub.outbox.enqueue(wire.clone());
         flushes.extend(flush);
@@ -477,19 +492,56 @@ impl Hub {
             Pushed::Overflowed => {
                 out.dropped += messages;
                 self.metrics.slow_consumer_closes.increment(1);
+                // Only the push that closed it gets here: one line per 4008.
+                let (queued, capacity) = sub.outbox.depth();
+                tracing::info!(
+                    channel,
+                    session = sub.session,
+                    queued,
+                    capacity,
+                    frame_messages = messages,
+                    "slow consumer: queue full; closing with 4008"
+                );
             }
             Pushed::Dropped => out.dropped += messages,
             Pushed::Gone => {}
         }
     }
 
-    fn close_for_gap(&self, sub: &Subscriber) {
+    /// Closes a live subscriber that a durable frame cannot follow. `at` is the frame's
+    /// offset and epoch and the channel's offset on this node before it (None: no
+    /// durable frame yet). The subscriber's `seq` is still what it had (a gap leaves it
+    /// alone); `path` says whether the frame came live or from its recovery buffer, so
+    /// a 4008 in the log explains itself.
+    fn close_for_gap(
+        &self,
+        channel: &str,
+        sub: &Subscriber,
+        at: (u64, &str, Option<u64>),
+        path: &'static str,
+    ) {
+        let (off, epoch, node_had) = at;
         if sub
             .outbox
             .control()
             .close(crate::error::CloseReason::SlowConsumer)
         {
             self.metrics.gap_closes.increment(1);
+            let (had_epoch, had_offset) = match &sub.seq {
+                Some((e, o)) => (&**e, Some(*o)),
+                None => ("", None),
+            };
+            tracing::info!(
+                channel,
+                session = sub.session,
+                had_epoch,
+                had_offset,
+                offset = off,
+                epoch,
+                node_had,
+                path,
+                "durable frame does not follow the subscriber's last offset; closing with 4008"
+            );
         }
     }
 
@@ -510,8 +562,8 @@ impl Hub {
             return GoLive::Gone;
         };
         // The batch was buffered for this subscriber already: release it first.
-        let mut flushes = self.release_batch_locked(&mut entry);
-        let live = self.go_live_locked(&mut entry, session, from, &mut flushes);
+        let mut flushes = self.release_batch_locked(channel, &mut entry);
+        let live = self.go_live_locked(channel, &mut entry, session, from, &mut flushes);
         drop(entry);
         self.write(flushes);
         live
@@ -519,6 +571,7 @@ impl Hub {
 
     fn go_live_locked(
         &self,
+        channel: &str,
         entry: &mut ChannelState,
         session: SessionId,
         from: Option<(&str, u64)>,
@@ -540,11 +593,23 @@ impl Hub {
             },
         );
         if buffer.overflowed {
-            sub.outbox
+            if sub
+                .outbox
                 .control()
-                .close(crate::error::CloseReason::SlowConsumer);
+                .close(crate::error::CloseReason::SlowConsumer)
+            {
+                tracing::info!(
+                    channel,
+                    session,
+                    buffered = buffer.frames.len(),
+                    limit = buffer.limit,
+                    "slow consumer: recovery buffer overflowed while reading history; \
+                     closing with 4008"
+                );
+            }
             return GoLive::Overflowed;
         }
+        let node_has = entry.position.as_ref().map(|(_, o)| *o);
         let mut released = 0;
         for (seq, frame) in buffer.frames {
             if let Some((off, epoch)) = &seq {
@@ -552,7 +617,8 @@ impl Hub {
                     Next::Deliver => {}
                     Next::Skip => continue,
                     Next::Gap => {
-                        self.close_for_gap(sub);
+                        let at = (*off, &**epoch, node_has);
+                        self.close_for_gap(channel, sub, at, "recovery buffer");
                         return GoLive::Overflowed;
                     }
                 }
@@ -560,6 +626,18 @@ impl Hub {
             let (pushed, flush) = sub.outbox.enqueue(Frame::Text(frame));
             flushes.extend(flush);
             if pushed != Pushed::Queued {
+                if pushed == Pushed::Overflowed {
+                    let (queued, capacity) = sub.outbox.depth();
+                    tracing::info!(
+                        channel,
+                        session,
+                        queued,
+                        capacity,
+                        released,
+                        "slow consumer: queue full releasing the recovery buffer; \
+                         closing with 4008"
+                    );
+                }
                 return GoLive::Overflowed;
             }
             released += 1;
@@ -568,14 +646,23 @@ impl Hub {
     }
 
     /// Closes every local subscriber of `channel` with `reason` (an unfillable gap).
-    pub fn close_subscribers(&self, channel: &str, reason: crate::error::CloseReason) -> usize {
+    /// Returns how many subscribers the channel had, and the sessions this close ended
+    /// (not those already closing for another reason), for the caller's log line.
+    pub fn close_subscribers(
+        &self,
+        channel: &str,
+        reason: crate::error::CloseReason,
+    ) -> (usize, Vec<SessionId>) {
         let Some(entry) = self.channels.get(channel) else {
-            return 0;
+            return (0, Vec::new());
         };
-        for sub in &entry.subscribers {
-            sub.outbox.control().close(reason);
-        }
-        entry.subscribers.len()
+        let ended = entry
+            .subscribers
+            .iter()
+            .filter(|sub| sub.outbox.control().close(reason))
+            .map(|sub| sub.session)
+            .collect();
+        (entry.subscribers.len(), ended)
     }
 
     /// Replaces the durable position (after its subscribers were closed for a gap).

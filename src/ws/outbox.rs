@@ -251,6 +251,12 @@ impl Outbox {
         (pushed, flush)
     }
 
+    /// Messages queued (including the one being written) and the queue's bound: what
+    /// a slow-consumer close logs, so that a 4008 can be told from a gap close.
+    pub fn depth(&self) -> (usize, usize) {
+        (self.lock().messages, self.shared.capacity)
+    }
+
     fn enqueue_locked(&self, q: &mut Queue, frame: Frame) -> (Pushed, Option<Flush>) {
         if q.sealed {
             return (Pushed::Gone, None);
@@ -284,6 +290,16 @@ impl Outbox {
         if let Some(flush) = flush {
             flush.run();
         }
+        if pushed == Pushed::Overflowed {
+            // The session's own frames (welcome, pong, replies); the hub logs the
+            // fan-out's overflows itself, with the channel and the session.
+            let (queued, capacity) = self.depth();
+            tracing::info!(
+                queued,
+                capacity,
+                "slow consumer: queue full for the session's own frame; closing with 4008"
+            );
+        }
         pushed
     }
 
@@ -307,7 +323,16 @@ impl Outbox {
             })
             .await;
         if !ready {
-            self.shared.control.close(CloseReason::SlowConsumer);
+            if self.shared.control.close(CloseReason::SlowConsumer) {
+                let (queued, capacity) = self.depth();
+                tracing::info!(
+                    queued,
+                    capacity,
+                    need,
+                    waited_ms = SEND_TIMEOUT.as_millis() as u64,
+                    "slow consumer: no room for a reply or history frame in time; closing with 4008"
+                );
+            }
             return Err(Pushed::Dropped);
         }
         match outcome {
