@@ -376,3 +376,47 @@ async fn a_node_whose_redis_hangs_stops_within_drain_and_bound() {
         "stopped {took:?} after SIGTERM; drain {DRAIN:?} + quit bound {QUIT_BOUND:?} + {slack:?}"
     );
 }
+
+/// The subscribe barrier (PROTOCOL §2.2) holds on Redis: a `subscribe` is answered only
+/// once Redis has run the SUBSCRIBE. fred answers a SUBSCRIBE as soon as it is written,
+/// so a frozen Redis used to get a success reply at once, and a publish racing that
+/// reply could miss the new subscriber.
+#[tokio::test]
+async fn a_subscribe_is_answered_only_once_redis_has_run_it() {
+    let redis = Redis::start();
+    let node = start(config(Some(&redis), "barrier")).await;
+    let mut client = Client::connect(node.addr).await;
+    // The channel is new to the node, so its subscribe must reach Redis.
+    let answered = {
+        let _frozen = Frozen::new(redis_pid(&redis));
+        client
+            .send_text(r#"{"id":7,"op":"subscribe","channel":"fresh"}"#)
+            .await;
+        client.next_frame(Duration::from_millis(1500)).await
+    };
+    if let Some(reply) = &answered {
+        assert!(
+            reply.get("result").is_none(),
+            "subscribe confirmed while Redis was frozen: {reply}"
+        );
+    }
+    // Once Redis runs again the barrier works as before: subscribe, publish, deliver.
+    let reply = match answered {
+        Some(reply) => reply,
+        None => client.reply_to(7).await,
+    };
+    if reply.get("result").is_none() {
+        assert_eq!(reply["error"]["code"], "unavailable", "{reply}");
+        client.subscribe("fresh").await;
+    }
+    let status = http()
+        .post(format!("http://{}/api/publish", node.addr))
+        .json(&json!({"channel": "fresh", "data": 1}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    assert_eq!(numbers(&client.messages(1, WAIT).await), vec![1]);
+    node.stop().await;
+}

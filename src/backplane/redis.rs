@@ -135,6 +135,20 @@ struct PresenceScripts {
 }
 
 impl RedisBackplane {
+    /// Waits until Redis has run the SUBSCRIBEs written before: the subscribe barrier
+    /// (PROTOCOL §2.2). fred answers SUBSCRIBE as soon as it is written, since its
+    /// replies arrive out of band; a PING on the same connection is answered only
+    /// after every command before it, so its answer is Redis's confirmation. On a
+    /// cluster fred may send the PING to another shard than the SUBSCRIBE, which would
+    /// confirm nothing, so there the written SUBSCRIBE is all there is.
+    async fn confirm_subscribed(&self) -> Result<(), BackplaneError> {
+        if self.subscriber.is_clustered() {
+            return Ok(());
+        }
+        let _: Value = self.subscriber.ping(None).await.map_err(map_err)?;
+        Ok(())
+    }
+
     /// Starts both clients and the tasks that read messages and watch the link. Does
     /// not wait for Redis: a node may start before its Redis and is not ready until
     /// the link is up.
@@ -457,7 +471,8 @@ impl Backplane for RedisBackplane {
         self.subscriber
             .subscribe(self.keys.pubsub(channel))
             .await
-            .map_err(map_err)
+            .map_err(map_err)?;
+        self.confirm_subscribed().await
     }
 
     async fn subscribe_many(&self, channels: &[&str]) -> Result<(), BackplaneError> {
@@ -465,7 +480,7 @@ impl Backplane for RedisBackplane {
             let names: Vec<String> = chunk.iter().map(|c| self.keys.pubsub(c)).collect();
             self.subscriber.subscribe(names).await.map_err(map_err)?;
         }
-        Ok(())
+        self.confirm_subscribed().await
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), BackplaneError> {
