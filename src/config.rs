@@ -180,6 +180,10 @@ impl Namespaces {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Open connections not (yet) upgraded to WebSocket: plain HTTP requests, idle
+    /// keep-alive connections and handshakes in progress. Beyond it the listener
+    /// closes new TCP connections at once (docs/CONFIG.md).
+    pub max_http_connections: usize,
     pub new_connections_per_sec: u32,
     pub messages_per_sec: u32,
     pub max_subscriptions: usize,
@@ -225,6 +229,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 100_000,
+            max_http_connections: 4096,
             new_connections_per_sec: 2000,
             messages_per_sec: 100,
             max_subscriptions: 1024,
@@ -315,6 +320,9 @@ pub struct Config {
     pub unsubscribe_grace: Duration,
     /// An HTTP request not answered within this gets 408.
     pub http_timeout: Duration,
+    /// A connection must send its request headers within this (slow-loris guard); it
+    /// is also how long an idle connection is kept.
+    pub header_read_timeout: Duration,
 }
 
 impl Default for Config {
@@ -336,6 +344,7 @@ impl Default for Config {
             ingest: Vec::new(),
             unsubscribe_grace: Duration::from_secs(2),
             http_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -383,6 +392,7 @@ struct ServerSection {
     write_coalesce: Option<String>,
     unsubscribe_grace: Option<String>,
     http_timeout: Option<String>,
+    header_read_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -532,6 +542,9 @@ impl Config {
         }
         if let Some(v) = &file.server.http_timeout {
             cfg.http_timeout = positive(parse_duration(v), f, "server.http_timeout")?;
+        }
+        if let Some(v) = &file.server.header_read_timeout {
+            cfg.header_read_timeout = positive(parse_duration(v), f, "server.header_read_timeout")?;
         }
         if let Some(v) = &file.server.unsubscribe_grace {
             cfg.unsubscribe_grace = parse_duration(v)
@@ -718,8 +731,9 @@ fn positive(d: Result<Duration, String>, source: &str, key: &str) -> Result<Dura
 }
 
 fn check_limits(l: &Limits, f: &str) -> Result<(), ConfigError> {
-    let checks: [(&str, usize); 9] = [
+    let checks: [(&str, usize); 10] = [
         ("limits.max_connections", l.max_connections),
+        ("limits.max_http_connections", l.max_http_connections),
         (
             "limits.new_connections_per_sec",
             l.new_connections_per_sec as usize,
@@ -898,6 +912,20 @@ mod tests {
         let file = parse_file("[server]\nlisten = \"127.0.0.1:1\"\n", "f").unwrap();
         let cfg = Config::resolve(&flags, &SecretEnv::default(), Some(file), "f").unwrap();
         assert_eq!(cfg.listen.port(), 9999);
+    }
+
+    #[test]
+    fn http_connection_guards_are_read_and_checked() {
+        let cfg = Config::from_toml(
+            "[server]\nheader_read_timeout = \"2s\"\n[limits]\nmax_http_connections = 7\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(cfg.limits.max_http_connections, 7);
+        let err = Config::from_toml("[server]\nheader_read_timeout = \"0s\"\n").unwrap_err();
+        assert_eq!(err.key, "server.header_read_timeout");
+        let err = Config::from_toml("[limits]\nmax_http_connections = 0\n").unwrap_err();
+        assert_eq!(err.key, "limits.max_http_connections");
     }
 
     #[test]

@@ -206,6 +206,29 @@ impl Metrics {
         }
     }
 
+    /// The listener's metrics: plain HTTP connections (not upgraded), and the ones it
+    /// closed for the cap or the header timeout (src/listener.rs).
+    pub fn http(&self) -> HttpMetrics {
+        let r = &self.recorder;
+        HttpMetrics {
+            open: gauge(
+                r,
+                "herald_http_connections",
+                "open connections not upgraded to WebSocket",
+            ),
+            refused: counter(
+                r,
+                "herald_http_connections_refused_total",
+                "TCP connections closed at once: limits.max_http_connections reached",
+            ),
+            header_timeouts: counter(
+                r,
+                "herald_http_header_timeouts_total",
+                "connections closed by server.header_read_timeout: nothing sent, request headers incomplete, or idle between requests",
+            ),
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         self.handle.render()
@@ -216,6 +239,17 @@ impl Metrics {
     pub fn upkeep(&self) {
         self.handle.run_upkeep();
     }
+}
+
+/// The listener's metrics, from [`Metrics::http`].
+pub struct HttpMetrics {
+    /// Open connections not upgraded to WebSocket.
+    pub open: Gauge,
+    /// TCP connections closed at once because `limits.max_http_connections` was reached.
+    pub refused: Counter,
+    /// Connections closed by the header timeout (nothing sent, headers incomplete, or
+    /// idle between keep-alive requests).
+    pub header_timeouts: Counter,
 }
 
 static METADATA: Metadata<'static> =

@@ -1,6 +1,8 @@
 //! Wiring: builds the parts of a node from its [`Config`], the axum router with its
 //! tower-http layers, and the listener. [`Node`] is what `main`, the integration
-//! tests and the benchmarks start.
+//! tests and the benchmarks start. The files served at `/` are [`static_files`]'.
+
+mod static_files;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::services::ServeDir;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::api;
@@ -205,7 +207,17 @@ impl Node {
         })?;
         let app = router(state.clone());
         let stop = shutdown.clone();
-        let server = tokio::spawn(crate::listener::serve(listener, app, stop));
+        let limits = crate::listener::HttpLimits {
+            header_read_timeout: config.header_read_timeout,
+            max_connections: config.limits.max_http_connections,
+        };
+        let server = tokio::spawn(crate::listener::serve(
+            listener,
+            app,
+            limits,
+            state.metrics.http(),
+            stop,
+        ));
         Ok(Node {
             addr,
             state,
@@ -259,10 +271,16 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
         .nest("/api", api_routes)
-        .fallback_service(ServeDir::new(&state.config.static_dir))
+        .fallback_service(static_files::service(&state.config.static_dir))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             state.config.http_timeout,
+        ))
+        // Every answer, API and files alike, is what its Content-Type says: browsers
+        // must not guess (a JSON error echoing input must never run as a script).
+        .layer(SetResponseHeaderLayer::if_not_present(
+            axum::http::header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
         ));
     let origins: Vec<HeaderValue> = state
         .config
