@@ -15,12 +15,12 @@ use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
 use divan::{AllocProfiler, Bencher, black_box};
+use herald::connection::outbox::Outbox;
+use herald::connection::socket::Socket;
+use herald::hub::coalesce::Coalescer;
 use herald::hub::{Hub, Subscriber};
 use herald::metrics::Metrics;
 use herald::protocol::{Sequence, check_payload, message_frame};
-use herald::ws::coalesce::Coalescer;
-use herald::ws::outbox::Outbox;
-use herald::ws::socket::Socket;
 use serde_json::value::RawValue;
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -235,7 +235,7 @@ fn hub_coalesced_tick(bencher: Bencher, subscribers: usize) {
         for _ in 0..TICK_MESSAGES {
             hub.dispatch(black_box("bench:0"), &frame, None, since);
         }
-        coalescer.write_due(&hub);
+        hub.write_coalesced();
     });
 }
 

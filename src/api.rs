@@ -20,22 +20,10 @@ use serde_json::{Value, json};
 
 use crate::auth::api_key_matches;
 use crate::config::Namespace;
-use crate::error::{ErrorCode, OpError};
+use crate::error::{ErrorCode, OpError, error_response};
 use crate::protocol::{self, validate_channel};
 use crate::publish;
-use crate::server::AppState;
-
-/// `{"error":{"code","message"}}` with the status of its code.
-pub fn error_response(code: ErrorCode, message: &str) -> Response {
-    let body = json!({"error": {"code": code.as_str(), "message": message}});
-    (code.http_status(), axum::Json(body)).into_response()
-}
-
-impl IntoResponse for OpError {
-    fn into_response(self) -> Response {
-        error_response(self.code, &self.message)
-    }
-}
+use crate::state::AppState;
 
 /// Refuses `/api/*` requests without a valid `Authorization: Bearer` key (where keys
 /// are configured). The key is never logged.

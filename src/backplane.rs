@@ -6,14 +6,15 @@
 //! a confirmed `subscribe` is a barrier, messages of a channel keep one order, and
 //! durable channels number their messages `1, 2, 3 …` within an epoch.
 //!
-//! Engines deliver what they receive to the [`crate::hub::Hub`] they were built with;
-//! they do not decide when to subscribe (that is [`crate::subscriptions`]).
+//! Engines hand what they receive to the [`Inbound`] they were built with, which the
+//! node implements (the hub's fan-out, gap filling); they know neither. They do not
+//! decide when to subscribe either (that is the node's interest, `subscriptions.rs`).
 
 pub mod log_limit;
 pub mod memory;
 pub mod redis;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
@@ -102,6 +103,25 @@ pub struct Link {
     /// Increases each time the link (re)connects and subscriptions must be made again.
     pub generation: u64,
     pub connected: bool,
+}
+
+/// What an engine receives, handed to the node: implemented once, by the node
+/// (`inbound.rs`). Called on the engine's reader, in the backplane's order of each
+/// channel; an implementation never blocks or awaits.
+pub trait Inbound: Send + Sync + 'static {
+    /// A frame for `channel`'s local subscribers: a message (`seq` is its offset and
+    /// epoch on a durable channel) or a join/leave event (no `seq`).
+    fn deliver(
+        &self,
+        channel: &str,
+        frame: &Utf8Bytes,
+        seq: Option<(u64, &str)>,
+        received: Instant,
+    );
+
+    /// Frames may have been lost on any channel (the reader fell behind): every
+    /// durable channel is to be checked against its history.
+    fn lost_any(&self);
 }
 
 #[async_trait]

@@ -1,7 +1,9 @@
 //! Errors at the seams, and the two tables that translate them for the outside:
-//! error codes → HTTP statuses (PROTOCOL §3) and session ends → close codes (§2.4).
+//! error codes → HTTP statuses and bodies (PROTOCOL §3) and session ends → close codes
+//! (§2.4).
 
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 
 /// The stable error codes of PROTOCOL §2.3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +170,19 @@ impl From<BackplaneError> for OpError {
             tracing::error!(error = %detail, "backplane protocol error");
         }
         OpError::new(e.code(), message)
+    }
+}
+
+/// `{"error":{"code","message"}}` with the status of its code: every HTTP refusal of
+/// the node, from the API and from the WebSocket upgrade alike (PROTOCOL §3).
+pub fn error_response(code: ErrorCode, message: &str) -> Response {
+    let body = serde_json::json!({"error": {"code": code.as_str(), "message": message}});
+    (code.http_status(), axum::Json(body)).into_response()
+}
+
+impl IntoResponse for OpError {
+    fn into_response(self) -> Response {
+        error_response(self.code, &self.message)
     }
 }
 

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backplane::HistoryQuery;
 use crate::error::CloseReason;
 use crate::publish::durability;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Channels to check, shared by the backplane reader (which reports) and [`run`].
 /// Unbounded in count only up to the number of channels with local subscribers.

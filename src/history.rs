@@ -8,7 +8,7 @@ use crate::backplane::HistoryQuery;
 use crate::config::Namespace;
 use crate::error::{ErrorCode, OpError};
 use crate::publish::durability;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// `{"epoch","offset","messages":[{"offset","data"},…]}`, ascending. With `since`, the
 /// oldest `limit` messages after it; without, the newest `limit`; no limit: all kept.

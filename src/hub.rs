@@ -13,6 +13,8 @@
 //! that one buffer to every subscriber ([`Hub::release_batch`]), so a delivery costs
 //! one queue entry and one write per channel and tick, whatever the channel's rate.
 
+pub mod coalesce;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,9 +23,11 @@ use bytes::BytesMut;
 use dashmap::DashMap;
 
 use crate::metrics::Metrics;
-use crate::ws::coalesce::Coalescer;
-use crate::ws::frame::Frame;
-use crate::ws::outbox::{Flush, Outbox, Pushed};
+use tokio_util::sync::CancellationToken;
+
+use self::coalesce::Coalescer;
+use crate::connection::frame::Frame;
+use crate::connection::outbox::{Flush, Outbox, Pushed};
 
 /// A node-local session number (the public session name is derived from it).
 pub type SessionId = u64;
@@ -405,6 +409,36 @@ impl Hub {
         flushes
     }
 
+    /// With write coalescing on: releases the listed batches and writes what was
+    /// deferred, once per tick, until `stop`; then once more. Returns at once without a
+    /// coalescer.
+    pub async fn run_coalescing(&self, stop: CancellationToken) {
+        let Some(coalescer) = &self.coalescer else {
+            return;
+        };
+        let mut tick = tokio::time::interval(coalescer.tick());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => self.write_coalesced(),
+            }
+        }
+        self.write_coalesced();
+    }
+
+    /// One coalescing tick: releases the listed batches and writes every deferred flush.
+    pub fn write_coalesced(&self) {
+        let Some(coalescer) = &self.coalescer else {
+            return;
+        };
+        let (channels, mut due) = coalescer.take_due();
+        for channel in channels {
+            self.release_batch(&channel, &mut due);
+        }
+        Flush::run_all(due);
+    }
+
     /// Writes flushes now, or on the coalescer's tick when there is one.
     fn write(&self, flushes: Vec<Flush>) {
         if flushes.is_empty() {
@@ -732,7 +766,7 @@ pub enum GoLive {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ws::outbox::testing::{connection, fill, peer};
+    use crate::connection::outbox::testing::{connection, fill, peer};
 
     fn hub() -> Hub {
         Hub::new(Arc::new(Metrics::new("t")))

@@ -49,6 +49,15 @@ pub struct Metrics {
     pub publish_duration: Histogram,
 }
 
+/// Metrics of one ingest source (`streams::ingest`), labelled with its stream.
+pub struct SourceMetrics {
+    pub published: Counter,
+    pub duplicates: Counter,
+    pub dead_lettered: Counter,
+    pub reclaimed: Counter,
+    pub lag: Gauge,
+}
+
 impl Metrics {
     pub fn new(node_id: &str) -> Self {
         let builder = PrometheusBuilder::new()
@@ -173,7 +182,7 @@ impl Metrics {
     }
 
     /// The metrics of one ingest source, labelled `stream`.
-    pub fn source(&self, stream: &str) -> crate::streams::ingest::SourceMetrics {
+    pub fn source(&self, stream: &str) -> SourceMetrics {
         let r = &self.recorder;
         let labels = || vec![metrics::Label::new("stream", stream.to_string())];
         let c = |name: &'static str, help: &'static str| {
@@ -185,7 +194,7 @@ impl Metrics {
             None,
             "group lag plus pending entries".into(),
         );
-        crate::streams::ingest::SourceMetrics {
+        SourceMetrics {
             published: c(
                 "herald_ingest_published_total",
                 "stream entries published into channels",

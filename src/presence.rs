@@ -23,7 +23,7 @@ use crate::backplane::PresenceEntry;
 use crate::config::Namespace;
 use crate::error::{ErrorCode, OpError};
 use crate::protocol;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// How often the presence task wakes to refresh and sweep.
 const TICK: Duration = Duration::from_secs(1);

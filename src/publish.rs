@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::backplane::{Durability, Idempotency, PublishRequest, Published};
 use crate::config::Namespace;
 use crate::error::OpError;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The history settings of a namespace, when it is durable.
 pub fn durability(ns: &Namespace) -> Option<Durability> {

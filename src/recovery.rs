@@ -14,12 +14,12 @@ use serde_json::json;
 
 use crate::backplane::{Durability, HistoryQuery, PresenceEntry};
 use crate::config::Namespace;
+use crate::connection::frame::Frame;
+use crate::connection::outbox::Outbox;
 use crate::error::{ErrorCode, OpError};
 use crate::hub::{GoLive, SessionId, Subscriber};
 use crate::protocol::{self, RequestId, StreamPosition};
-use crate::server::AppState;
-use crate::ws::frame::Frame;
-use crate::ws::outbox::Outbox;
+use crate::state::AppState;
 
 /// One durable subscribe, as the session asked for it.
 pub struct DurableSubscribe<'a> {

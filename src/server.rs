@@ -6,35 +6,33 @@ mod static_files;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method};
 use axum::routing::{get, post};
-use dashmap::DashMap;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::api;
+use crate::backplane::Backplane;
 use crate::backplane::memory::MemoryBackplane;
-use crate::backplane::redis::RedisBackplane;
-use crate::backplane::{Backplane, Link};
+use crate::backplane::redis::{RedisBackplane, RedisOptions};
 use crate::config::Config;
+use crate::connection::rate::ConnectionRate;
 use crate::gaps;
-use crate::hub::{Hub, SessionId};
+use crate::hub::Hub;
+use crate::hub::coalesce::Coalescer;
+use crate::inbound::NodeInbound;
 use crate::metrics::Metrics;
+use crate::state::{AppState, Services};
 use crate::subscriptions::Subscriptions;
 use crate::tokens::Tokens;
-use crate::ws::coalesce::Coalescer;
-use crate::ws::outbox::ControlHandle;
-use crate::ws::upgrade::{ConnectionRate, ws_handler};
+use crate::ws::upgrade::ws_handler;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -48,74 +46,6 @@ pub enum StartError {
     },
     #[error("backplane: {0}")]
     Backplane(#[from] crate::error::BackplaneError),
-}
-
-/// Everything a request handler or session may need, shared by `Arc`.
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub metrics: Arc<Metrics>,
-    pub hub: Arc<Hub>,
-    pub backplane: Arc<dyn Backplane>,
-    pub subscriptions: Arc<Subscriptions>,
-    pub tokens: Tokens,
-    pub presence: crate::presence::Presence,
-    pub connection_rate: ConnectionRate,
-    /// Open sessions and how to close them (the drain walks this).
-    sessions: DashMap<SessionId, ControlHandle>,
-    next_session: AtomicU64,
-    draining: AtomicBool,
-    link: watch::Receiver<Link>,
-    /// Tracks session tasks, which axum's graceful shutdown does not wait for.
-    pub tracker: TaskTracker,
-}
-
-impl AppState {
-    pub fn register_session(&self, control: ControlHandle) -> SessionId {
-        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        self.sessions.insert(id, control);
-        self.metrics.connections.increment(1.0);
-        self.metrics.connections_total.increment(1);
-        id
-    }
-
-    pub fn unregister_session(&self, id: SessionId) {
-        if self.sessions.remove(&id).is_some() {
-            self.metrics.connections.decrement(1.0);
-        }
-    }
-
-    pub fn connection_count(&self) -> usize {
-        self.sessions.len()
-    }
-
-    /// The close handles of all open sessions (cloned out: no guard is kept).
-    pub fn session_controls(&self) -> Vec<ControlHandle> {
-        self.sessions.iter().map(|e| e.value().clone()).collect()
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Release);
-    }
-
-    pub fn link(&self) -> Link {
-        *self.link.borrow()
-    }
-
-    pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.subscriptions.is_current(self.link())
-    }
-
-    pub fn origin_allowed(&self, origin: &HeaderValue) -> bool {
-        let allowed = &self.config.auth.allowed_origins;
-        allowed.is_empty()
-            || allowed
-                .iter()
-                .any(|a| a == "*" || origin.to_str().is_ok_and(|o| o.eq_ignore_ascii_case(a)))
-    }
 }
 
 /// A running node.
@@ -144,43 +74,38 @@ impl Node {
             let stop = shutdown.clone();
             tokio::spawn({
                 let hub = hub.clone();
-                async move { coalescer.run(&hub, stop).await }
+                async move { hub.run_coalescing(stop).await }
             });
             hub
         };
         let gap_report = Arc::new(gaps::GapReport::default());
+        let inbound = Arc::new(NodeInbound::new(hub.clone(), gap_report.clone()));
         let (backplane, redis): (Arc<dyn Backplane>, _) = match &config.redis_url {
-            None => (Arc::new(MemoryBackplane::new(hub.clone())), None),
+            None => (Arc::new(MemoryBackplane::new(inbound)), None),
             Some(url) => {
-                let redis = RedisBackplane::start(
+                let options = RedisOptions {
                     url,
-                    &config.prefix,
-                    config.limits.backplane_frame_bytes(),
-                    hub.clone(),
-                    metrics.clone(),
-                    gap_report.clone(),
-                    shutdown.clone(),
-                )?;
+                    prefix: &config.prefix,
+                    max_frame_bytes: config.limits.backplane_frame_bytes(),
+                };
+                let redis =
+                    RedisBackplane::start(options, inbound, metrics.clone(), shutdown.clone())?;
                 (redis.clone() as Arc<dyn Backplane>, Some(redis))
             }
         };
         let subscriptions =
             Subscriptions::new(hub.clone(), backplane.clone(), config.unsubscribe_grace);
-        let state = Arc::new(AppState {
-            tokens: Tokens::from_config(&config)?,
-            presence: Default::default(),
-            connection_rate: ConnectionRate::new(config.limits.new_connections_per_sec),
-            link: backplane.link(),
-            config: config.clone(),
-            metrics: metrics.clone(),
-            hub,
-            backplane,
-            subscriptions: subscriptions.clone(),
-            sessions: DashMap::new(),
-            next_session: AtomicU64::new(1),
-            draining: AtomicBool::new(false),
-            tracker: TaskTracker::new(),
-        });
+        let state = Arc::new(AppState::new(
+            Services {
+                config: config.clone(),
+                metrics: metrics.clone(),
+                hub,
+                backplane,
+                subscriptions: subscriptions.clone(),
+                tokens: Tokens::from_config(&config)?,
+            },
+            ConnectionRate::new(config.limits.new_connections_per_sec),
+        ));
 
         tokio::spawn(subscriptions.run(shutdown.clone()));
         tokio::spawn(gaps::run(state.clone(), gap_report, shutdown.clone()));

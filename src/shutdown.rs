@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crate::error::CloseReason;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn signal() {

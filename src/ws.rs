@@ -1,12 +1,7 @@
-//! The WebSocket door: the handshake and its checks, the per-connection session, the
-//! socket it shares, its outgoing queue, the frames the node writes and the
-//! per-connection rate limit.
+//! The WebSocket door: the checks an upgrade must pass, the handshake, and the
+//! session that serves one connection's ops. The connection underneath (frames,
+//! socket, queue, rate limit) is [`crate::connection`]'s.
 
-pub mod coalesce;
-pub mod frame;
 pub mod handshake;
-pub mod outbox;
-pub mod rate;
 pub mod session;
-pub mod socket;
 pub mod upgrade;

@@ -1,6 +1,6 @@
 //! The in-process backplane: one node, no Redis. The default for `cargo run`.
 //!
-//! A publish goes straight to the hub. Durable channels keep a ring of their newest
+//! A publish goes straight to the node's [`Inbound`] (its hub). Durable channels keep a ring of their newest
 //! `history_size` frames and an epoch, created with the ring; a ring unused for its
 //! `history_ttl` is dropped, and the next use starts a new epoch, as Redis would after
 //! its keys expired. Offsets are assigned and frames dispatched under one per-channel
@@ -16,11 +16,10 @@ use dashmap::DashMap;
 use tokio::sync::watch;
 
 use super::{
-    Backplane, Durability, History, HistoryQuery, Link, Position, PresenceEntry, PublishRequest,
-    Published, StoredMessage, new_epoch,
+    Backplane, Durability, History, HistoryQuery, Inbound, Link, Position, PresenceEntry,
+    PublishRequest, Published, StoredMessage, new_epoch,
 };
 use crate::error::BackplaneError;
-use crate::hub::Hub;
 use crate::protocol::{self, Sequence};
 
 struct Ring {
@@ -38,7 +37,7 @@ struct Present {
 }
 
 pub struct MemoryBackplane {
-    hub: Arc<Hub>,
+    inbound: Arc<dyn Inbound>,
     rings: DashMap<Arc<str>, Arc<Mutex<Ring>>>,
     // Sessions of one process cannot vanish without leaving, so there is no expiry:
     // refresh and sweep have nothing to do.
@@ -49,13 +48,13 @@ pub struct MemoryBackplane {
 }
 
 impl MemoryBackplane {
-    pub fn new(hub: Arc<Hub>) -> Self {
+    pub fn new(inbound: Arc<dyn Inbound>) -> Self {
         let (link, _) = watch::channel(Link {
             generation: 1,
             connected: true,
         });
         Self {
-            hub,
+            inbound,
             rings: DashMap::new(),
             presence: DashMap::new(),
             idempotency: Mutex::default(),
@@ -95,7 +94,7 @@ impl MemoryBackplane {
             let frame = protocol::message_frame_from(req.channel, req.data, req.source, None);
             let frame =
                 Utf8Bytes::try_from(frame).map_err(|e| BackplaneError::Protocol(e.to_string()))?;
-            self.hub.dispatch(req.channel, &frame, None, now);
+            self.inbound.deliver(req.channel, &frame, None, now);
             return Ok(Published::Plain);
         };
         let ring = self.ring(req.channel, d);
@@ -119,8 +118,8 @@ impl MemoryBackplane {
         while r.frames.len() as u64 > d.history_size {
             r.frames.pop_front();
         }
-        self.hub
-            .dispatch(req.channel, &frame, Some((offset, &epoch)), now);
+        self.inbound
+            .deliver(req.channel, &frame, Some((offset, &epoch)), now);
         Ok(Published::Durable(Position { epoch, offset }))
     }
 }
@@ -209,7 +208,7 @@ impl Backplane for MemoryBackplane {
     }
 
     async fn publish_event(&self, channel: &str, frame: Utf8Bytes) -> Result<(), BackplaneError> {
-        self.hub.dispatch(channel, &frame, None, Instant::now());
+        self.inbound.deliver(channel, &frame, None, Instant::now());
         Ok(())
     }
 
@@ -326,11 +325,18 @@ impl Backplane for MemoryBackplane {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
     use serde_json::value::RawValue;
 
+    /// Takes what the engine delivers and drops it: these tests read the engine.
+    struct Nowhere;
+
+    impl Inbound for Nowhere {
+        fn deliver(&self, _: &str, _: &Utf8Bytes, _: Option<(u64, &str)>, _: Instant) {}
+        fn lost_any(&self) {}
+    }
+
     fn engine() -> MemoryBackplane {
-        MemoryBackplane::new(Arc::new(Hub::new(Arc::new(Metrics::new("t")))))
+        MemoryBackplane::new(Arc::new(Nowhere))
     }
 
     const D: Durability = Durability {

@@ -3,8 +3,8 @@
 //! Two connections: a command client (publishes, scripts, history) and a subscriber
 //! client (pub/sub only, so a slow command never delays a message). The subscriber's
 //! messages are read from `message_rx()` by one task that validates each payload once
-//! and hands the shared bytes to the hub; `Lagged` is counted and reported as a
-//! possible gap, never ignored. Payloads that anyone with Redis access can write (too
+//! and hands the shared bytes to the node's [`Inbound`]; `Lagged` is counted and
+//! reported as a possible gap, never ignored. Payloads that anyone with Redis access can write (too
 //! large, invalid) are dropped, counted one by one and logged through a [`LogLimit`].
 //!
 //! Redis outages: both clients reconnect with backoff; [`Link`] tells the rest of the
@@ -27,12 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::log_limit::{self, LogLimit};
 use super::{
-    Backplane, Durability, History, HistoryQuery, Link, Position, PresenceEntry, PublishRequest,
-    Published, StoredMessage, new_epoch,
+    Backplane, Durability, History, HistoryQuery, Inbound, Link, Position, PresenceEntry,
+    PublishRequest, Published, StoredMessage, new_epoch,
 };
 use crate::error::BackplaneError;
-use crate::gaps::GapReport;
-use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::{self, PayloadKind};
 
@@ -116,6 +114,17 @@ impl Keys {
     }
 }
 
+/// Where the Redis engine connects and what it accepts from there.
+#[derive(Debug, Clone, Copy)]
+pub struct RedisOptions<'a> {
+    /// `redis://`, `rediss://` or `redis-cluster://` (docs/CONFIG.md).
+    pub url: &'a str,
+    /// The prefix of every key and pub/sub channel.
+    pub prefix: &'a str,
+    /// Pub/sub payloads above this are dropped unread (`limits.max_backplane_frame_bytes`).
+    pub max_frame_bytes: usize,
+}
+
 pub struct RedisBackplane {
     client: Client,
     subscriber: SubscriberClient,
@@ -153,14 +162,16 @@ impl RedisBackplane {
     /// not wait for Redis: a node may start before its Redis and is not ready until
     /// the link is up.
     pub fn start(
-        url: &str,
-        prefix: &str,
-        max_frame_bytes: usize,
-        hub: Arc<Hub>,
+        options: RedisOptions<'_>,
+        inbound: Arc<dyn Inbound>,
         metrics: Arc<Metrics>,
-        gaps: Arc<GapReport>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, BackplaneError> {
+        let RedisOptions {
+            url,
+            prefix,
+            max_frame_bytes,
+        } = options;
         let config = Config::from_url(url)
             .map_err(|e| BackplaneError::Unavailable(format!("redis url: {e}")))?;
         let mut builder = Builder::from_config(config);
@@ -230,9 +241,8 @@ impl RedisBackplane {
         tokio::spawn(read_messages(
             messages,
             this.keys.clone(),
-            hub,
+            inbound,
             drops,
-            gaps,
             shutdown.clone(),
         ));
         tokio::spawn(watch_link(
@@ -680,13 +690,12 @@ impl Drops {
     }
 }
 
-/// The one reader of pub/sub messages: validate once, dispatch to the hub.
+/// The one reader of pub/sub messages: validate once, hand to the node.
 async fn read_messages(
     mut rx: broadcast::Receiver<fred::types::Message>,
     keys: Keys,
-    hub: Arc<Hub>,
+    inbound: Arc<dyn Inbound>,
     drops: Drops,
-    gaps: Arc<GapReport>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -721,13 +730,9 @@ async fn read_messages(
                 match protocol::check_payload(channel, frame.as_str()) {
                     Ok(PayloadKind::Message { seq }) => {
                         let seq = seq.as_ref().map(|(o, e)| (*o, e.as_str()));
-                        if hub.dispatch(channel, &frame, seq, now).gap {
-                            gaps.channel(channel);
-                        }
+                        inbound.deliver(channel, &frame, seq, now);
                     }
-                    Ok(PayloadKind::Presence) => {
-                        hub.dispatch(channel, &frame, None, now);
-                    }
+                    Ok(PayloadKind::Presence) => inbound.deliver(channel, &frame, None, now),
                     Err(reason) => drops.invalid(channel, &reason),
                 }
             }
@@ -737,7 +742,7 @@ async fn read_messages(
                     skipped = n,
                     "backplane reader lagged; checking durable channels for gaps"
                 );
-                gaps.everything();
+                inbound.lost_any();
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }

@@ -20,11 +20,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::metrics::SourceMetrics;
 use fred::clients::Client;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand};
-use metrics::{Counter, Gauge};
 use tokio_util::sync::CancellationToken;
 
 use super::entry::{ChannelRule, Entry, map_entry, parse_autoclaim, parse_read};
@@ -35,7 +35,7 @@ use crate::config::{Config, ConfigError, IngestSource, parse_duration};
 use crate::error::BackplaneError;
 use crate::protocol::{self, Source as FrameSource};
 use crate::publish::durability;
-use crate::server::AppState;
+use crate::state::AppState;
 
 const LEASE_LUA: &str = include_str!("lease.lua");
 const LEASE_RELEASE_LUA: &str = include_str!("lease_release.lua");
@@ -145,15 +145,6 @@ fn validate_one(
             .unwrap_or_else(|| format!("{}:dead", src.stream)),
         batch: src.batch,
     })
-}
-
-/// Metrics of one source, labelled with its stream.
-pub struct SourceMetrics {
-    pub published: Counter,
-    pub duplicates: Counter,
-    pub dead_lettered: Counter,
-    pub reclaimed: Counter,
-    pub lag: Gauge,
 }
 
 /// Why a step of the loop stopped.

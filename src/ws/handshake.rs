@@ -3,7 +3,7 @@
 //! and the raw TCP socket once hyper has written that answer.
 //!
 //! Herald takes the socket itself, rather than a ready-made WebSocket, because it
-//! writes server frames straight into the kernel (see [`crate::ws::socket`]). Whether
+//! writes server frames straight into the kernel (see [`crate::connection::socket`]). Whether
 //! a client *may* connect (origin, token, limits) is decided before this, in
 //! [`crate::ws::upgrade`].
 
@@ -15,9 +15,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::api::error_response;
+use crate::connection::socket::Socket;
 use crate::error::ErrorCode;
-use crate::ws::socket::Socket;
+use crate::error::error_response;
 
 /// Why a request is not a WebSocket handshake this server can answer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //! Frames are handled one at a time, in the order the client sent them, and every
 //! reply goes through the connection's [`Outbox`], so replies and messages share one
 //! ordered queue. Client frames are parsed by tungstenite over the shared socket
-//! ([`crate::ws::socket::ReadHalf`]); the session answers pings and closes itself.
+//! ([`crate::connection::socket::ReadHalf`]); the session answers pings and closes itself.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,18 +21,18 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::auth::{Identity, permits};
 use crate::backplane::PresenceEntry;
 use crate::config::Namespace;
+use crate::connection::frame::Frame;
+use crate::connection::outbox::{ControlHandle, Outbox};
+use crate::connection::rate::{RateLimiter, Verdict};
+use crate::connection::socket::ReadHalf;
 use crate::error::{CloseReason, ErrorCode, OpError};
 use crate::hub::{SessionId, Subscriber};
 use crate::presence;
 use crate::protocol::{self, ClientFrame, Op, RequestId};
 use crate::publish::{self, durability};
 use crate::recovery;
-use crate::server::AppState;
-use crate::ws::frame::Frame;
+use crate::state::AppState;
 use crate::ws::handshake::Upgraded;
-use crate::ws::outbox::{ControlHandle, Outbox};
-use crate::ws::rate::{RateLimiter, Verdict};
-use crate::ws::socket::ReadHalf;
 
 /// tungstenite reads client frames into a buffer of this size per socket, allocated
 /// with the socket; its default (128 KiB) would cost 12 GiB per 100k connections.

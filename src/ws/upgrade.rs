@@ -7,17 +7,16 @@
 //! the node's rate of new connections.
 
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use crate::api::error_response;
 use crate::error::ErrorCode;
-use crate::server::AppState;
+use crate::error::error_response;
+use crate::state::AppState;
 use crate::ws::handshake::Handshake;
 use crate::ws::session;
 
@@ -121,46 +120,4 @@ fn check(state: &AppState, headers: &HeaderMap, token: Option<&str>) -> Result<(
         });
     }
     Ok(())
-}
-
-/// New connections per second per node, counted in one-second windows, against
-/// reconnect storms.
-pub struct ConnectionRate {
-    per_sec: u32,
-    window: Mutex<(Instant, u32)>,
-}
-
-impl ConnectionRate {
-    pub fn new(per_sec: u32) -> Self {
-        Self {
-            per_sec,
-            window: Mutex::new((Instant::now(), 0)),
-        }
-    }
-
-    pub fn admit(&self, now: Instant) -> bool {
-        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        if now.saturating_duration_since(w.0) >= Duration::from_secs(1) {
-            *w = (now, 0);
-        }
-        if w.1 >= self.per_sec {
-            return false;
-        }
-        w.1 += 1;
-        true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connection_rate_refuses_beyond_the_window() {
-        let r = ConnectionRate::new(3);
-        let t = Instant::now();
-        assert!((0..3).all(|_| r.admit(t)));
-        assert!(!r.admit(t));
-        assert!(r.admit(t + Duration::from_secs(1)));
-    }
 }

@@ -1,8 +1,10 @@
-//! The per-connection message rate limit of PROTOCOL §2.3: a token bucket that
-//! refills at `messages_per_sec` and holds two seconds' worth. Frames beyond it are
-//! refused; a client that keeps sending at more than twice its rate for five seconds
-//! is abusive and gets closed with 1008.
+//! Rate limits of connections: the per-connection message rate limit of PROTOCOL
+//! §2.3 ([`RateLimiter`]: a token bucket that refills at `messages_per_sec` and holds
+//! two seconds' worth; frames beyond it are refused, and a client that keeps sending
+//! at more than twice its rate for five seconds is abusive and gets closed with 1008),
+//! and the node's rate of new connections ([`ConnectionRate`]).
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long sustained abuse is tolerated before the connection is closed.
@@ -76,9 +78,46 @@ impl RateLimiter {
     }
 }
 
+/// New connections per second per node, counted in one-second windows, against
+/// reconnect storms.
+pub struct ConnectionRate {
+    per_sec: u32,
+    window: Mutex<(Instant, u32)>,
+}
+
+impl ConnectionRate {
+    pub fn new(per_sec: u32) -> Self {
+        Self {
+            per_sec,
+            window: Mutex::new((Instant::now(), 0)),
+        }
+    }
+
+    pub fn admit(&self, now: Instant) -> bool {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if now.saturating_duration_since(w.0) >= Duration::from_secs(1) {
+            *w = (now, 0);
+        }
+        if w.1 >= self.per_sec {
+            return false;
+        }
+        w.1 += 1;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_rate_refuses_beyond_the_window() {
+        let r = ConnectionRate::new(3);
+        let t = Instant::now();
+        assert!((0..3).all(|_| r.admit(t)));
+        assert!(!r.admit(t));
+        assert!(r.admit(t + Duration::from_secs(1)));
+    }
 
     #[test]
     fn burst_of_two_seconds_then_refusals() {

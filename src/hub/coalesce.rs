@@ -13,10 +13,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
-use crate::hub::Hub;
-use crate::ws::outbox::Flush;
+use crate::connection::outbox::Flush;
 
 /// A batch this large is released at once instead of on the tick: one write of it
 /// already costs little per message, and it bounds a channel's batch memory.
@@ -72,42 +69,33 @@ impl Coalescer {
             .extend(flushes);
     }
 
-    /// Releases the listed batches of `hub` and writes what was deferred, once per
-    /// tick, until `stop`; then once more.
-    pub async fn run(&self, hub: &Hub, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(self.tick);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tick.tick() => self.write_due(hub),
-            }
-        }
-        self.write_due(hub);
+    /// How often the hub's coalescing task releases what is due.
+    pub fn tick(&self) -> Duration {
+        self.tick
     }
 
-    /// One tick's work: releases the listed batches and writes every deferred flush.
-    pub fn write_due(&self, hub: &Hub) {
+    /// What one tick releases: the channels whose batches are listed, and the flushes
+    /// deferred so far. The hub releases the batches into those flushes and writes them
+    /// ([`super::Hub::write_coalesced`]); the coalescer itself knows no channel entries.
+    pub fn take_due(&self) -> (Vec<Arc<str>>, Vec<Flush>) {
         let channels = std::mem::take(&mut *self.batched.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut due = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|p| p.into_inner()));
-        for channel in channels {
-            hub.release_batch(&channel, &mut due);
-        }
-        Flush::run_all(due);
+        let due = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|p| p.into_inner()));
+        (channels, due)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::frame::Frame;
+    use crate::connection::outbox::testing::{connection, peer};
     use crate::error::CloseReason;
-    use crate::hub::Subscriber;
+    use crate::hub::{Hub, Subscriber};
     use crate::metrics::Metrics;
-    use crate::ws::frame::Frame;
-    use crate::ws::outbox::testing::{connection, peer};
     use futures_util::StreamExt;
     use std::time::Instant;
     use tokio_tungstenite::tungstenite::Message;
+    use tokio_util::sync::CancellationToken;
 
     fn hub(tick: Duration) -> (Arc<Hub>, Arc<Coalescer>) {
         hub_batching(tick, 16)
@@ -128,9 +116,9 @@ mod tests {
         let (hub, coalescer) = hub(Duration::from_millis(600));
         let stop = CancellationToken::new();
         let runner = tokio::spawn({
-            let (c, h) = (coalescer.clone(), hub.clone());
+            let h = hub.clone();
             let stop = stop.clone();
-            async move { c.run(&h, stop).await }
+            async move { h.run_coalescing(stop).await }
         });
         // `interval` ticks once at once; dispatch after that first tick.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -157,7 +145,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_reaches_the_subscribers_of_its_publishing_time_only() {
-        let (hub, coalescer) = hub(Duration::from_secs(3600));
+        let (hub, _) = hub(Duration::from_secs(3600));
         let ch: Arc<str> = "c".into();
         let (stays, _c1, tcp_stays) = connection(16).await;
         let (leaves, _c2, tcp_leaves) = connection(16).await;
@@ -169,7 +157,7 @@ mod tests {
         hub.remove("c", 2);
         hub.add(&ch, Subscriber::live(3, joins.clone()));
         hub.dispatch("c", &"b".into(), None, Instant::now());
-        coalescer.write_due(&hub);
+        hub.write_coalesced();
         let (mut stays, mut leaves, mut joins) = (
             peer(tcp_stays).await,
             peer(tcp_leaves).await,
@@ -214,7 +202,7 @@ mod tests {
                 .unwrap_or(0.0)
         };
         assert_eq!(sample("_count"), 0.0, "nothing is written before the tick");
-        coalescer.write_due(&hub);
+        hub.write_coalesced();
         assert_eq!(sample("_count"), 1.0, "one sample for the batch of two");
         let sum = sample("_sum");
         assert!(
@@ -237,7 +225,7 @@ mod tests {
         }
         assert_eq!(coalescer.deferred.lock().unwrap().len(), 1);
         assert_eq!(coalescer.batched.lock().unwrap().len(), 1);
-        coalescer.write_due(&hub);
+        hub.write_coalesced();
         let mut p = peer(tcp).await;
         for i in 0..6 {
             assert_eq!(p.text().await, Some(i.to_string()));
@@ -253,20 +241,20 @@ mod tests {
     async fn a_batch_waiting_for_the_tick_counts_against_the_bound() {
         // Batches of at most 4 and an outbox of 4: a full batch waits for the tick
         // holding the connection's flush, and 2 more messages do not fit beside it.
-        let (hub, coalescer) = hub_batching(Duration::from_secs(3600), 4);
+        let (hub, _) = hub_batching(Duration::from_secs(3600), 4);
         let ch: Arc<str> = "c".into();
         let (outbox, control, _tcp) = connection(4).await;
         hub.add(&ch, Subscriber::live(1, outbox));
         for i in 0..6 {
             hub.dispatch("c", &i.to_string().into(), None, Instant::now());
         }
-        coalescer.write_due(&hub);
+        hub.write_coalesced();
         assert_eq!(control.reason(), Some(CloseReason::SlowConsumer));
     }
 
     #[tokio::test]
     async fn a_draining_connection_still_gets_its_pending_batch_before_the_close() {
-        let (hub, coalescer) = hub(Duration::from_secs(3600));
+        let (hub, _) = hub(Duration::from_secs(3600));
         let ch: Arc<str> = "c".into();
         let (outbox, control, tcp) = connection(16).await;
         hub.add(&ch, Subscriber::live(1, outbox.clone()));
@@ -275,7 +263,7 @@ mod tests {
         // finishes its outbox, and the coalescer's last tick runs.
         control.close(CloseReason::Draining);
         hub.remove("c", 1);
-        coalescer.write_due(&hub);
+        hub.write_coalesced();
         let finished = tokio::spawn(async move { outbox.finish().await });
         let mut p = peer(tcp).await;
         assert_eq!(p.text().await.as_deref(), Some("a"));
@@ -288,14 +276,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_plain_batch_goes_out_before_a_durable_frame_of_its_channel() {
-        let (hub, coalescer) = hub(Duration::from_secs(3600));
+        let (hub, _) = hub(Duration::from_secs(3600));
         let ch: Arc<str> = "c".into();
         let (outbox, _control, tcp) = connection(16).await;
         hub.add(&ch, Subscriber::live(1, outbox));
         // A presence event (plain) and then a durable message of the same channel.
         hub.dispatch("c", &"join".into(), None, Instant::now());
         hub.dispatch("c", &"m1".into(), Some((1, "e")), Instant::now());
-        coalescer.write_due(&hub);
+        hub.write_coalesced();
         let mut p = peer(tcp).await;
         assert_eq!(p.text().await.as_deref(), Some("join"));
         assert_eq!(p.text().await.as_deref(), Some("m1"));

@@ -4,7 +4,7 @@
 //! frames straight into the kernel ([`Socket::try_write_frames`]).
 //!
 //! Writes bypass tungstenite on purpose: a server frame is a header plus the shared
-//! payload (see [`crate::ws::frame`]), so a delivery is one `send` from whichever
+//! payload (see [`crate::connection::frame`]), so a delivery is one `send` from whichever
 //! thread fans out, with no task wake-up, no per-socket write buffer and no copy. What
 //! tungstenite would write itself (automatic pongs, close replies) is discarded by
 //! [`ReadHalf`]: the session answers pings and closes through the outbox, so every
@@ -18,8 +18,8 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::ws::frame::{Frame, MAX_HEADER};
-use crate::ws::outbox::Outbox;
+use crate::connection::frame::{Frame, MAX_HEADER};
+use crate::connection::outbox::Outbox;
 
 /// Flags of the fan-out's sends: a vanished peer is an `EPIPE` error, never a
 /// SIGPIPE, whatever the process does with signals (std's own `send` does the same).

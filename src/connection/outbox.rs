@@ -25,9 +25,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::connection::frame::Frame;
+use crate::connection::socket::Socket;
 use crate::error::CloseReason;
-use crate::ws::frame::Frame;
-use crate::ws::socket::Socket;
 
 /// How long a closing connection gets to take its close frame (and, when draining,
 /// what was queued before it) before the TCP connection is dropped (PROTOCOL §2.4:
@@ -397,7 +397,7 @@ impl Outbox {
     }
 
     /// The connection's socket (the session reads through it, see
-    /// [`crate::ws::socket::ReadHalf`]).
+    /// [`crate::connection::socket::ReadHalf`]).
     pub fn socket(&self) -> &Socket {
         &self.shared.socket
     }

@@ -1,0 +1,45 @@
+//! What the node does with what its backplane receives: the one implementation of
+//! [`Inbound`]. A frame goes to the hub's fan-out; a durable frame the hub cannot
+//! place (it does not follow the last delivered offset) and a reader that fell behind
+//! are reported for gap filling ([`crate::gaps`]).
+//!
+//! The engines know only the [`Inbound`] contract, so neither the hub nor gap filling
+//! is named below the services.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::Utf8Bytes;
+
+use crate::backplane::Inbound;
+use crate::gaps::GapReport;
+use crate::hub::Hub;
+
+pub struct NodeInbound {
+    hub: Arc<Hub>,
+    gaps: Arc<GapReport>,
+}
+
+impl NodeInbound {
+    pub fn new(hub: Arc<Hub>, gaps: Arc<GapReport>) -> Self {
+        Self { hub, gaps }
+    }
+}
+
+impl Inbound for NodeInbound {
+    fn deliver(
+        &self,
+        channel: &str,
+        frame: &Utf8Bytes,
+        seq: Option<(u64, &str)>,
+        received: Instant,
+    ) {
+        if self.hub.dispatch(channel, frame, seq, received).gap {
+            self.gaps.channel(channel);
+        }
+    }
+
+    fn lost_any(&self) {
+        self.gaps.everything();
+    }
+}
