@@ -22,7 +22,6 @@ use crate::auth::api_key_matches;
 use crate::config::Namespace;
 use crate::error::{ErrorCode, OpError, error_response};
 use crate::protocol::{self, validate_channel};
-use crate::publish;
 use crate::state::AppState;
 
 /// Refuses `/api/*` requests without a valid `Authorization: Bearer` key (where keys
@@ -135,7 +134,11 @@ pub async fn publish(
                 Ok(ns) => ns,
                 Err(e) => return e.into_response(),
             };
-            match publish::publish(&state, &channel, &ns, data, key.as_deref()).await {
+            match state
+                .publisher()
+                .publish(&channel, &ns, data, key.as_deref())
+                .await
+            {
                 Ok(result) => (StatusCode::OK, axum::Json(result)).into_response(),
                 Err(e) => e.into_response(),
             }
@@ -172,12 +175,13 @@ async fn publish_many(
             Err(e) => return e.into_response(),
         }
     }
+    let publisher = state.publisher();
     let outcomes = if has_repeats(&channels) {
         // A channel listed twice gets its messages in request order: one at a time (a
         // script reload on the backplane could otherwise let the second overtake).
         let mut outcomes = Vec::with_capacity(channels.len());
         for (channel, ns) in channels.iter().zip(&namespaces) {
-            outcomes.push(publish::publish(state, channel, ns, data, key).await);
+            outcomes.push(publisher.publish(channel, ns, data, key).await);
         }
         outcomes
     } else {
@@ -188,7 +192,7 @@ async fn publish_many(
             channels
                 .iter()
                 .zip(&namespaces)
-                .map(|(channel, ns)| publish::publish(state, channel, ns, data, key)),
+                .map(|(channel, ns)| publisher.publish(channel, ns, data, key)),
         )
         .await
     };

@@ -1,5 +1,6 @@
 //! The backplane: the one path every message takes between a publisher and the hubs
-//! of every node, also the publishing node's own.
+//! of every node, also the publishing node's own (docs/ARCHITECTURE.md decisions 2
+//! and 5).
 //!
 //! Two engines implement [`Backplane`]: [`memory`] (one process, no Redis, the
 //! default) and [`redis`] (a fleet). Both keep the guarantees of PROTOCOL §2.2:

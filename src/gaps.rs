@@ -1,4 +1,5 @@
-//! Gap detection and filling for durable channels (PROTOCOL §2.2, guarantee 3).
+//! Gap detection and filling for durable channels (PROTOCOL §2.2, guarantee 3;
+//! docs/ARCHITECTURE.md decision 7).
 //!
 //! A node can miss pub/sub messages: while Redis was unreachable, or when its reader
 //! lagged. The hub holds back any durable frame that does not follow the last offset

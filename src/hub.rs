@@ -13,92 +13,26 @@
 //! that one buffer to every subscriber ([`Hub::release_batch`]), so a delivery costs
 //! one queue entry and one write per channel and tick, whatever the channel's rate.
 
+mod batch;
 pub mod coalesce;
+mod going_live;
+mod subscriber;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
-use bytes::BytesMut;
 use dashmap::DashMap;
 
 use crate::metrics::Metrics;
-use tokio_util::sync::CancellationToken;
 
+use self::batch::Batch;
 use self::coalesce::Coalescer;
+pub use self::going_live::GoLive;
+use self::subscriber::{Next, Route, buffer_frame, next_in_sequence};
+pub use self::subscriber::{RecoveryBuffer, Seq, SessionId, Subscriber};
 use crate::connection::frame::Frame;
-use crate::connection::outbox::{Flush, Outbox, Pushed};
-
-/// A node-local session number (the public session name is derived from it).
-pub type SessionId = u64;
-
-/// A durable frame's offset and epoch.
-pub type Seq = (u64, Arc<str>);
-
-/// Where a subscriber's frames go right now.
-#[derive(Clone)]
-enum Route {
-    /// Straight into the connection's queue.
-    Live,
-    /// Held back while the session reads history (recovery): frames wait here and
-    /// are released, deduplicated by offset, once history has been sent.
-    Buffer(Arc<std::sync::Mutex<RecoveryBuffer>>),
-}
-
-/// Live frames that arrived during a recovery. Bounded by the outbox size: a burst
-/// larger than that during one recovery is treated like a slow consumer (4008).
-pub struct RecoveryBuffer {
-    /// Each frame with its durable offset and epoch.
-    pub frames: Vec<(Option<Seq>, Utf8Bytes)>,
-    pub overflowed: bool,
-    limit: usize,
-}
-
-/// One local subscriber of a channel.
-#[derive(Clone)]
-pub struct Subscriber {
-    pub session: SessionId,
-    pub outbox: Outbox,
-    route: Route,
-    /// Durable channels: the epoch and the last offset this subscriber has (from its
-    /// history or live frames). Frames at or below it are skipped; a frame beyond the
-    /// next offset, or from another epoch, is a gap this subscriber cannot see filled,
-    /// so it is closed with 4008 and recovers.
-    seq: Option<(Arc<str>, u64)>,
-}
-
-impl Subscriber {
-    pub fn live(session: SessionId, outbox: Outbox) -> Self {
-        Self {
-            session,
-            outbox,
-            route: Route::Live,
-            seq: None,
-        }
-    }
-
-    /// A subscriber whose frames are buffered until [`Hub::go_live`].
-    pub fn buffered(
-        session: SessionId,
-        outbox: Outbox,
-        limit: usize,
-    ) -> (Self, Arc<std::sync::Mutex<RecoveryBuffer>>) {
-        let buffer = Arc::new(std::sync::Mutex::new(RecoveryBuffer {
-            frames: Vec::new(),
-            overflowed: false,
-            limit,
-        }));
-        (
-            Self {
-                session,
-                outbox,
-                route: Route::Buffer(buffer.clone()),
-                seq: None,
-            },
-            buffer,
-        )
-    }
-}
+use crate::connection::outbox::{Flush, Pushed};
 
 #[derive(Default)]
 struct ChannelState {
@@ -113,28 +47,6 @@ struct ChannelState {
     batch: Option<Batch>,
     /// The channel is on the coalescer's list for the next tick.
     listed: bool,
-}
-
-/// Frames of one channel waiting for the coalescer's tick, framed back to back.
-struct Batch {
-    wire: BytesMut,
-    messages: usize,
-    /// When the node took the batch's first message off the backplane: its wait is
-    /// the batch's delivery latency.
-    oldest: Instant,
-}
-
-impl Batch {
-    fn into_frame(self) -> Frame {
-        if self.messages == 1 {
-            Frame::Framed(self.wire.freeze())
-        } else {
-            Frame::Batch {
-                wire: self.wire.freeze(),
-                messages: self.messages,
-            }
-        }
-    }
 }
 
 /// The outcome of one fan-out.
@@ -327,118 +239,6 @@ impl Hub {
         self.finish(out, flushes, since)
     }
 
-    /// Coalescing: appends a plain frame to the channel's batch for its live
-    /// subscribers (recovering ones buffer it now, as without coalescing). The
-    /// returned `queued` counts the deliveries accepted; the metrics count them when
-    /// the batch is released.
-    fn batch(
-        &self,
-        coalescer: &Coalescer,
-        entry: &mut dashmap::mapref::one::RefMut<'_, Arc<str>, ChannelState>,
-        frame: &Utf8Bytes,
-        since: Instant,
-    ) -> Fanout {
-        let mut buffered = Fanout::default();
-        let mut live = 0;
-        for sub in &entry.subscribers {
-            match &sub.route {
-                Route::Live => live += 1,
-                Route::Buffer(buffer) => buffer_frame(buffer, None, frame, &mut buffered),
-            }
-        }
-        self.count(buffered);
-        if live == 0 {
-            return buffered;
-        }
-        let batch = entry.batch.get_or_insert_with(|| Batch {
-            wire: BytesMut::new(),
-            messages: 0,
-            oldest: since,
-        });
-        Frame::append_framed_text(&mut batch.wire, frame);
-        batch.messages += 1;
-        if coalescer.batch_is_full(batch.messages, batch.wire.len()) {
-            let name = entry.key().clone();
-            let flushes = self.release_batch_locked(&name, entry);
-            coalescer.defer(flushes);
-        } else if !entry.listed {
-            // Under the guard, so that a tick that takes the list finds this batch.
-            entry.listed = true;
-            coalescer.list_batch(entry.key().clone());
-        }
-        Fanout {
-            queued: buffered.queued + live,
-            ..buffered
-        }
-    }
-
-    /// Hands `channel`'s batch to its live subscribers' queues and adds the flushes
-    /// to write to `flushes`: the coalescer's tick, for the channels it listed.
-    pub fn release_batch(&self, channel: &str, flushes: &mut Vec<Flush>) {
-        if let Some(mut entry) = self.channels.get_mut(channel) {
-            entry.listed = false;
-            let released = self.release_batch_locked(channel, &mut entry);
-            drop(entry);
-            flushes.extend(released);
-        }
-    }
-
-    /// Queues the channel's batch, if any, for every live subscriber; the caller
-    /// holds the guard and writes the flushes once it has released it.
-    fn release_batch_locked(&self, channel: &str, entry: &mut ChannelState) -> Vec<Flush> {
-        let Some(batch) = entry.batch.take() else {
-            return Vec::new();
-        };
-        let oldest = batch.oldest;
-        let wire = batch.into_frame();
-        let mut out = Fanout::default();
-        let mut flushes = Vec::with_capacity(entry.subscribers.len());
-        for sub in &entry.subscribers {
-            if let Route::Live = sub.route {
-                self.push(channel, sub, &wire, &mut out, &mut flushes);
-            }
-        }
-        if out.queued > 0 {
-            // One sample per batch, its oldest message's wait: the tick writes right
-            // after releasing (a full batch released early waits for that tick still).
-            self.metrics
-                .delivery_latency
-                .record(oldest.elapsed().as_secs_f64());
-        }
-        self.count(out);
-        flushes
-    }
-
-    /// With write coalescing on: releases the listed batches and writes what was
-    /// deferred, once per tick, until `stop`; then once more. Returns at once without a
-    /// coalescer.
-    pub async fn run_coalescing(&self, stop: CancellationToken) {
-        let Some(coalescer) = &self.coalescer else {
-            return;
-        };
-        let mut tick = tokio::time::interval(coalescer.tick());
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tick.tick() => self.write_coalesced(),
-            }
-        }
-        self.write_coalesced();
-    }
-
-    /// One coalescing tick: releases the listed batches and writes every deferred flush.
-    pub fn write_coalesced(&self) {
-        let Some(coalescer) = &self.coalescer else {
-            return;
-        };
-        let (channels, mut due) = coalescer.take_due();
-        for channel in channels {
-            self.release_batch(&channel, &mut due);
-        }
-        Flush::run_all(due);
-    }
-
     /// Writes flushes now, or on the coalescer's tick when there is one.
     fn write(&self, flushes: Vec<Flush>) {
         if flushes.is_empty() {
@@ -587,98 +387,6 @@ impl Hub {
         out
     }
 
-    /// Switches a recovering subscriber to live delivery. `from` is the epoch and last
-    /// offset it already has (its history, or the position it was answered); buffered
-    /// frames after it are queued first. It runs under the channel's write guard, so
-    /// no dispatch of this channel can slip a frame between the buffer and the queue.
-    pub fn go_live(&self, channel: &str, session: SessionId, from: Option<(&str, u64)>) -> GoLive {
-        let Some(mut entry) = self.channels.get_mut(channel) else {
-            return GoLive::Gone;
-        };
-        // The batch was buffered for this subscriber already: release it first.
-        let mut flushes = self.release_batch_locked(channel, &mut entry);
-        let live = self.go_live_locked(channel, &mut entry, session, from, &mut flushes);
-        drop(entry);
-        self.write(flushes);
-        live
-    }
-
-    fn go_live_locked(
-        &self,
-        channel: &str,
-        entry: &mut ChannelState,
-        session: SessionId,
-        from: Option<(&str, u64)>,
-        flushes: &mut Vec<Flush>,
-    ) -> GoLive {
-        let Some(sub) = entry.subscribers.iter_mut().find(|s| s.session == session) else {
-            return GoLive::Gone;
-        };
-        let Route::Buffer(buffer) = std::mem::replace(&mut sub.route, Route::Live) else {
-            return GoLive::Released(0);
-        };
-        sub.seq = from.map(|(e, o)| (Arc::from(e), o));
-        let buffer = std::mem::replace(
-            &mut *buffer.lock().unwrap_or_else(|p| p.into_inner()),
-            RecoveryBuffer {
-                frames: Vec::new(),
-                overflowed: false,
-                limit: 0,
-            },
-        );
-        if buffer.overflowed {
-            if sub
-                .outbox
-                .control()
-                .close(crate::error::CloseReason::SlowConsumer)
-            {
-                tracing::info!(
-                    channel,
-                    session,
-                    buffered = buffer.frames.len(),
-                    limit = buffer.limit,
-                    "slow consumer: recovery buffer overflowed while reading history; \
-                     closing with 4008"
-                );
-            }
-            return GoLive::Overflowed;
-        }
-        let node_has = entry.position.as_ref().map(|(_, o)| *o);
-        let mut released = 0;
-        for (seq, frame) in buffer.frames {
-            if let Some((off, epoch)) = &seq {
-                match next_in_sequence(&mut sub.seq, *off, epoch) {
-                    Next::Deliver => {}
-                    Next::Skip => continue,
-                    Next::Gap => {
-                        let at = (*off, &**epoch, node_has);
-                        self.close_for_gap(channel, sub, at, "recovery buffer");
-                        return GoLive::Overflowed;
-                    }
-                }
-            }
-            let (pushed, flush) = sub.outbox.enqueue(Frame::Text(frame));
-            flushes.extend(flush);
-            if pushed != Pushed::Queued {
-                if pushed == Pushed::Overflowed {
-                    let (queued, capacity) = sub.outbox.depth();
-                    tracing::info!(
-                        channel,
-                        session,
-                        queued,
-                        capacity,
-                        released,
-                        "slow consumer: queue full releasing the recovery buffer; \
-                         closing with 4008"
-                    );
-                }
-                return GoLive::Overflowed;
-            }
-            released += 1;
-        }
-        GoLive::Released(released)
-    }
-
     /// Closes every local subscriber of `channel` with `reason` (an unfillable gap).
     /// Returns how many subscribers the channel had, and the sessions this close ended
     /// (not those already closing for another reason), for the caller's log line.
@@ -705,62 +413,6 @@ impl Hub {
             e.position = Some((epoch.into(), offset));
         }
     }
-}
-
-/// What a subscriber does with a durable frame, given what it already has.
-enum Next {
-    Deliver,
-    Skip,
-    Gap,
-}
-
-fn next_in_sequence(seq: &mut Option<(Arc<str>, u64)>, off: u64, epoch: &Arc<str>) -> Next {
-    match seq {
-        Some((e, last)) if e == epoch => {
-            if off <= *last {
-                Next::Skip
-            } else if off == *last + 1 {
-                *last = off;
-                Next::Deliver
-            } else {
-                Next::Gap
-            }
-        }
-        Some(_) => Next::Gap,
-        None => {
-            *seq = Some((epoch.clone(), off));
-            Next::Deliver
-        }
-    }
-}
-
-/// Holds a frame for a subscriber that is reading history (bounded; see
-/// [`RecoveryBuffer`]).
-fn buffer_frame(
-    buffer: &std::sync::Mutex<RecoveryBuffer>,
-    seq: Option<Seq>,
-    frame: &Utf8Bytes,
-    out: &mut Fanout,
-) {
-    let mut b = buffer.lock().unwrap_or_else(|p| p.into_inner());
-    if b.frames.len() < b.limit {
-        b.frames.push((seq, frame.clone()));
-        out.queued += 1;
-    } else {
-        b.overflowed = true;
-        out.dropped += 1;
-    }
-}
-
-/// The outcome of [`Hub::go_live`].
-#[derive(Debug, PartialEq, Eq)]
-pub enum GoLive {
-    /// Buffered frames newer than the history were queued (this many).
-    Released(usize),
-    /// The buffer or the queue overflowed: the connection is closing with 4008.
-    Overflowed,
-    /// The subscriber is no longer there.
-    Gone,
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! What the node does with what its backplane receives: the one implementation of
-//! [`Inbound`]. A frame goes to the hub's fan-out; a durable frame the hub cannot
+//! [`Inbound`] (docs/ARCHITECTURE.md decision 5). A frame goes to the hub's fan-out; a durable frame the hub cannot
 //! place (it does not follow the last delivered offset) and a reader that fell behind
 //! are reported for gap filling ([`crate::gaps`]).
 //!

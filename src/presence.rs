@@ -1,4 +1,4 @@
-//! Presence and join/leave across the fleet (PROTOCOL §2.1, DESIGN.md decision 10).
+//! Presence and join/leave across the fleet (PROTOCOL §2.1, docs/ARCHITECTURE.md decision 10).
 //!
 //! A session is present in a channel from its subscribe reply until it unsubscribes or
 //! its connection ends. Each node keeps the entries of its own sessions here and

@@ -1,5 +1,5 @@
 //! The wire format of docs/PROTOCOL.md: channel names, client frames, server frames
-//! and backplane payloads.
+//! and backplane payloads. Frames are encoded once (docs/ARCHITECTURE.md decision 1).
 //!
 //! Parsing is total: any input, however hostile, yields either a typed frame or a
 //! [`FrameError`] carrying the `id` to answer (if one could be read). Encoding builds

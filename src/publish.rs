@@ -2,15 +2,15 @@
 //! `publish` op) to the backplane, with its metrics. Permission checks stay with the
 //! door: a backend's API key and a browser's token are different questions.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use crate::backplane::{Durability, Idempotency, PublishRequest, Published};
+use crate::backplane::{Backplane, Durability, Idempotency, PublishRequest, Published};
 use crate::config::Namespace;
 use crate::error::OpError;
-use crate::state::AppState;
+use crate::metrics::Metrics;
 
 /// The history settings of a namespace, when it is durable.
 pub fn durability(ns: &Namespace) -> Option<Durability> {
@@ -20,37 +20,49 @@ pub fn durability(ns: &Namespace) -> Option<Durability> {
     })
 }
 
-/// Publishes `data` on `channel` and answers the result object of PROTOCOL §2.2.
-pub async fn publish(
-    state: &AppState,
-    channel: &str,
-    ns: &Namespace,
-    data: &RawValue,
-    idempotency_key: Option<&str>,
-) -> Result<Value, OpError> {
-    let start = Instant::now();
-    let req = PublishRequest {
-        channel,
-        data,
-        durable: durability(ns),
-        idempotency: idempotency_key.map(|key| Idempotency {
-            key,
-            ttl: state.config.idempotency_ttl,
-        }),
-        source: None,
-    };
-    match state.backplane.publish(req).await {
-        Ok(published) => {
-            state.metrics.published.increment(1);
-            state
-                .metrics
-                .publish_duration
-                .record(start.elapsed().as_secs_f64());
-            Ok(result_json(&published))
-        }
-        Err(e) => {
-            state.metrics.publish_errors.increment(1);
-            Err(e.into())
+/// What a publication needs of the node: the backplane, the metrics and how long
+/// idempotency keys are remembered. Doors get one from [`AppState::publisher`].
+///
+/// [`AppState::publisher`]: crate::state::AppState::publisher
+#[derive(Clone, Copy)]
+pub struct Publisher<'a> {
+    pub backplane: &'a dyn Backplane,
+    pub metrics: &'a Metrics,
+    pub idempotency_ttl: Duration,
+}
+
+impl Publisher<'_> {
+    /// Publishes `data` on `channel` and answers the result object of PROTOCOL §2.2.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        ns: &Namespace,
+        data: &RawValue,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, OpError> {
+        let start = Instant::now();
+        let req = PublishRequest {
+            channel,
+            data,
+            durable: durability(ns),
+            idempotency: idempotency_key.map(|key| Idempotency {
+                key,
+                ttl: self.idempotency_ttl,
+            }),
+            source: None,
+        };
+        match self.backplane.publish(req).await {
+            Ok(published) => {
+                self.metrics.published.increment(1);
+                self.metrics
+                    .publish_duration
+                    .record(start.elapsed().as_secs_f64());
+                Ok(result_json(&published))
+            }
+            Err(e) => {
+                self.metrics.publish_errors.increment(1);
+                Err(e.into())
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Subscribing to a durable channel, with or without `recover` (PROTOCOL §2.2,
-//! guarantee 3; DESIGN.md decision 5).
+//! guarantee 3; docs/ARCHITECTURE.md decision 6).
 //!
 //! The order of steps is what makes it loss-free and duplicate-free:
 //! 1. join the channel with a *buffering* route and wait for the backplane to confirm

@@ -152,7 +152,7 @@ impl Node {
         })
     }
 
-    /// Drains (PROTOCOL §2.4, DESIGN.md decision 8) and stops: not ready at once, new
+    /// Drains (PROTOCOL §2.4, docs/ARCHITECTURE.md decision 9) and stops: not ready at once, new
     /// upgrades refused, sockets closed with 1001 spread over `drain_period`.
     pub async fn drain_and_stop(self) {
         crate::shutdown::drain(&self.state).await;

@@ -1,4 +1,4 @@
-//! Signals and the drain (DESIGN.md decision 8). On SIGTERM (Kubernetes starts a
+//! Signals and the drain (docs/ARCHITECTURE.md decision 9). On SIGTERM (Kubernetes starts a
 //! graceful shutdown) or SIGINT the node turns not-ready and refuses new upgrades at
 //! once, then closes its sockets with 1001 spread evenly over the drain period, so
 //! the fleet absorbs the reconnects without a storm. After the drain the node gets at

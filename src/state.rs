@@ -19,6 +19,7 @@ use crate::connection::outbox::ControlHandle;
 use crate::connection::rate::ConnectionRate;
 use crate::hub::{Hub, SessionId};
 use crate::metrics::Metrics;
+use crate::publish::Publisher;
 use crate::subscriptions::Subscriptions;
 use crate::tokens::Tokens;
 
@@ -107,6 +108,15 @@ impl AppState {
 
     pub fn is_ready(&self) -> bool {
         !self.is_draining() && self.subscriptions.is_current(self.link())
+    }
+
+    /// The narrow handle a publication needs.
+    pub fn publisher(&self) -> Publisher<'_> {
+        Publisher {
+            backplane: self.backplane.as_ref(),
+            metrics: &self.metrics,
+            idempotency_ttl: self.config.idempotency_ttl,
+        }
     }
 
     pub fn origin_allowed(&self, origin: &HeaderValue) -> bool {

@@ -1,5 +1,5 @@
 //! Interest: the node is subscribed to a channel on the backplane exactly while some
-//! local session is (DESIGN.md decision 2), and a session's `subscribe` is answered
+//! local session is (docs/ARCHITECTURE.md decision 3), and a session's `subscribe` is answered
 //! only once the backplane confirmed it (the subscribe barrier).
 //!
 //! Backplane SUBSCRIBE / UNSUBSCRIBE of one channel are serialised by a striped async

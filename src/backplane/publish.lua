@@ -1,4 +1,4 @@
--- Durable publish: one atomic step (DESIGN.md decision 5).
+-- Durable publish: one atomic step (docs/ARCHITECTURE.md decision 6).
 -- KEYS[1] meta hash {epoch, offset}   KEYS[2] history stream   KEYS[3] pub/sub channel
 -- KEYS[4] (optional) the idempotency record of this publish (PROTOCOL §3)
 -- ARGV[1] the message frame without its closing brace

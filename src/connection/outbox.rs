@@ -1,5 +1,5 @@
 //! The outgoing side of one connection: a bounded, ordered queue of frames and the
-//! rule for who writes it into the socket.
+//! rule for who writes it into the socket (docs/ARCHITECTURE.md decision 4).
 //!
 //! Fan-out never awaits a socket. The push that finds a connection idle (empty queue,
 //! nobody writing) takes the right to write, a [`Flush`], and writes the frame itself

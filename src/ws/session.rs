@@ -29,7 +29,7 @@ use crate::error::{CloseReason, ErrorCode, OpError};
 use crate::hub::{SessionId, Subscriber};
 use crate::presence;
 use crate::protocol::{self, ClientFrame, Op, RequestId};
-use crate::publish::{self, durability};
+use crate::publish::durability;
 use crate::recovery;
 use crate::state::AppState;
 use crate::ws::handshake::Upgraded;
@@ -362,7 +362,9 @@ impl Session {
                 if ns.upstream {
                     return self.publish_upstream(channel, &ns, data).await.map(Some);
                 }
-                publish::publish(&self.state, channel, &ns, data, idempotency_key.as_deref())
+                self.state
+                    .publisher()
+                    .publish(channel, &ns, data, idempotency_key.as_deref())
                     .await
                     .map(Some)
             }
