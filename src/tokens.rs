@@ -14,7 +14,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::auth::Identity;
-use crate::config::{Config, ConfigError};
+use crate::config::{AuthConfig, Config, ConfigError};
 
 /// A token that cannot be accepted. Messages are for the client; no secret appears.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,85 +51,18 @@ pub struct Tokens {
 }
 
 impl Tokens {
+    /// The token policy of `config.auth`: one key per accepted algorithm, loaded now so
+    /// that a missing or bad key stops the node at start-up, not at the first upgrade.
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
         let auth = &config.auth;
-        let err = |key: &str, reason: String| ConfigError {
-            source_name: "auth".into(),
-            key: key.into(),
-            reason,
-        };
-        let mut names = auth.jwt_algorithms.clone();
-        if names.is_empty() {
-            if auth.jwt_hs256_secret.is_some() {
-                names.push("HS256".into());
-            }
-            if auth.jwt_public_key_file.is_some() {
-                return Err(err(
-                    "auth.jwt_algorithms",
-                    "say which algorithm the public key is for: [\"RS256\"] or [\"ES256\"]".into(),
-                ));
-            }
-        }
         let mut keys = Vec::new();
-        for name in &names {
-            let alg = match name.as_str() {
-                "HS256" => Algorithm::HS256,
-                "RS256" => Algorithm::RS256,
-                "ES256" => Algorithm::ES256,
-                other => {
-                    return Err(err(
-                        "auth.jwt_algorithms",
-                        format!("'{other}' is not one of HS256, RS256, ES256"),
-                    ));
-                }
-            };
-            let key = match alg {
-                Algorithm::HS256 => {
-                    let secret = auth.jwt_hs256_secret.as_deref().ok_or_else(|| {
-                        err(
-                            "auth.jwt_hs256_secret",
-                            "HS256 needs a secret (HERALD_JWT_HS256_SECRET)".into(),
-                        )
-                    })?;
-                    if secret.len() < 32 {
-                        return Err(err(
-                            "auth.jwt_hs256_secret",
-                            "must be at least 32 bytes".into(),
-                        ));
-                    }
-                    DecodingKey::from_secret(secret.as_bytes())
-                }
-                _ => {
-                    let path = auth.jwt_public_key_file.as_ref().ok_or_else(|| {
-                        err(
-                            "auth.jwt_public_key_file",
-                            format!("{name} needs a public key file (PEM)"),
-                        )
-                    })?;
-                    let pem = std::fs::read(path).map_err(|e| {
-                        err(
-                            "auth.jwt_public_key_file",
-                            format!("cannot read {}: {e}", path.display()),
-                        )
-                    })?;
-                    let parsed = if alg == Algorithm::RS256 {
-                        DecodingKey::from_rsa_pem(&pem)
-                    } else {
-                        DecodingKey::from_ec_pem(&pem)
-                    };
-                    parsed.map_err(|e| {
-                        err(
-                            "auth.jwt_public_key_file",
-                            format!("not a {name} public key in PEM: {e}"),
-                        )
-                    })?
-                }
-            };
-            keys.push((alg, key));
+        for name in algorithm_names(auth)? {
+            let alg = parse_algorithm(&name)?;
+            keys.push((alg, load_key(auth, alg, &name)?));
         }
         let required = auth.require_token.unwrap_or(!keys.is_empty());
         if required && keys.is_empty() {
-            return Err(err(
+            return Err(auth_error(
                 "auth.require_token",
                 "tokens are required but no JWT key is configured".into(),
             ));
@@ -199,6 +132,97 @@ impl Tokens {
             expires,
         })
     }
+}
+
+/// A refused `[auth]` key; tokens are checked as the node builds them, with the same
+/// error type as the rest of the configuration.
+fn auth_error(key: &str, reason: String) -> ConfigError {
+    ConfigError {
+        source_name: "auth".into(),
+        key: key.into(),
+        reason,
+    }
+}
+
+/// The algorithms to accept: as configured, or else HS256 when a secret is set. A
+/// public key alone is refused, because it fits more than one algorithm.
+fn algorithm_names(auth: &AuthConfig) -> Result<Vec<String>, ConfigError> {
+    let mut names = auth.jwt_algorithms.clone();
+    if names.is_empty() {
+        if auth.jwt_hs256_secret.is_some() {
+            names.push("HS256".into());
+        }
+        if auth.jwt_public_key_file.is_some() {
+            return Err(auth_error(
+                "auth.jwt_algorithms",
+                "say which algorithm the public key is for: [\"RS256\"] or [\"ES256\"]".into(),
+            ));
+        }
+    }
+    Ok(names)
+}
+
+fn parse_algorithm(name: &str) -> Result<Algorithm, ConfigError> {
+    match name {
+        "HS256" => Ok(Algorithm::HS256),
+        "RS256" => Ok(Algorithm::RS256),
+        "ES256" => Ok(Algorithm::ES256),
+        other => Err(auth_error(
+            "auth.jwt_algorithms",
+            format!("'{other}' is not one of HS256, RS256, ES256"),
+        )),
+    }
+}
+
+/// The key of one algorithm (`name` as configured): the HS256 secret, or the public
+/// key file read as an RSA or EC key.
+fn load_key(auth: &AuthConfig, alg: Algorithm, name: &str) -> Result<DecodingKey, ConfigError> {
+    match alg {
+        Algorithm::HS256 => hs256_key(auth),
+        _ => public_key(auth, alg, name),
+    }
+}
+
+fn hs256_key(auth: &AuthConfig) -> Result<DecodingKey, ConfigError> {
+    let secret = auth.jwt_hs256_secret.as_deref().ok_or_else(|| {
+        auth_error(
+            "auth.jwt_hs256_secret",
+            "HS256 needs a secret (HERALD_JWT_HS256_SECRET)".into(),
+        )
+    })?;
+    if secret.len() < 32 {
+        return Err(auth_error(
+            "auth.jwt_hs256_secret",
+            "must be at least 32 bytes".into(),
+        ));
+    }
+    Ok(DecodingKey::from_secret(secret.as_bytes()))
+}
+
+fn public_key(auth: &AuthConfig, alg: Algorithm, name: &str) -> Result<DecodingKey, ConfigError> {
+    let path = auth.jwt_public_key_file.as_ref().ok_or_else(|| {
+        auth_error(
+            "auth.jwt_public_key_file",
+            format!("{name} needs a public key file (PEM)"),
+        )
+    })?;
+    let pem = std::fs::read(path).map_err(|e| {
+        auth_error(
+            "auth.jwt_public_key_file",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let parsed = if alg == Algorithm::RS256 {
+        DecodingKey::from_rsa_pem(&pem)
+    } else {
+        DecodingKey::from_ec_pem(&pem)
+    };
+    parsed.map_err(|e| {
+        auth_error(
+            "auth.jwt_public_key_file",
+            format!("not a {name} public key in PEM: {e}"),
+        )
+    })
 }
 
 #[cfg(test)]
