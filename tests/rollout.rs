@@ -16,6 +16,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::{NodeProcess, Redis, free_port, wait_ready};
+use support::{NodeProcess, Redis, free_port};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -68,6 +69,8 @@ struct Fleet {
     dir: PathBuf,
     config: PathBuf,
     redis_url: String,
+    /// Every line a node logged about a 4008 close, parsed (nodes log JSON to a pipe).
+    closes_4008: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Fleet {
@@ -84,23 +87,42 @@ impl Fleet {
             dir,
             config,
             redis_url: redis.url(),
+            closes_4008: Arc::default(),
         }
     }
 
-    /// Starts a herald process on `addr` (not waiting for it to be ready).
+    /// Starts a herald process on `addr` (not waiting for it to be ready). Its log goes
+    /// to this test's stderr as before; the lines about 4008 closes are also kept.
     fn spawn(&self, addr: SocketAddr, node_id: &str) -> NodeProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--config")
             .arg(&self.config)
             .args(["--drain-period", "2s", "--node-id", node_id])
             .args(["--redis", &self.redis_url])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", node_log())
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("herald binary");
+        if let Some(stderr) = child.stderr.take() {
+            let closes = self.closes_4008.clone();
+            let node = node_id.to_owned();
+            // Ends when the process does (its end of the pipe closes).
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    if line.contains("closing with 4008")
+                        && let Ok(mut v) = serde_json::from_str::<Value>(&line)
+                    {
+                        v["node"] = json!(node);
+                        closes.lock().unwrap().push(v);
+                    }
+                }
+            });
+        }
         NodeProcess { addr, child }
     }
 }
@@ -109,6 +131,14 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The nodes' log filter: warnings (or `RUST_LOG` from the test's environment), plus
+/// the info line every 4008 close logs with its reason (queue depth, or the gap's
+/// offsets), which the test collects to explain a 4008 a client saw.
+fn node_log() -> String {
+    let base = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    format!("{base},herald::hub=info,herald::gaps=info,herald::connection::outbox=info")
 }
 
 /// `n` distinct free ports.
@@ -597,8 +627,8 @@ async fn rolling_restart_keeps_every_client_and_every_offset() {
     let mut nodes: Vec<NodeProcess> = (0..NODES)
         .map(|i| fleet.spawn(addrs[i], &node_id(i)))
         .collect();
-    for n in &nodes {
-        wait_ready(n.addr).await;
+    for n in &mut nodes {
+        n.wait_ready().await;
     }
     let lb = Balancer::start(addrs.clone()).await;
     for i in 0..NODES {
@@ -693,7 +723,7 @@ async fn rolling_restart_keeps_every_client_and_every_offset() {
         );
         let connected_elsewhere = subscribed_count();
         nodes[i] = fleet.spawn(addrs[i], &node_id(i));
-        wait_ready(addrs[i]).await;
+        nodes[i].wait_ready().await;
         let ready_after = signalled.elapsed();
         lb.wait_ready(i, true).await;
         eprintln!(
@@ -899,15 +929,35 @@ async fn rolling_restart_keeps_every_client_and_every_offset() {
         reconnected, CLIENTS,
         "every client sat on an old node and must have reconnected at least once"
     );
+    // No 4008 at all. A 4008 means a slow consumer or a gap history could not fill,
+    // and neither happens to healthy clients on a quiet machine. The 2 in 516 closes
+    // this test used to accept were the subscribe barrier's race (issue 27.4): fred
+    // answers SUBSCRIBE before Redis has run it, so a node's first subscriber of a
+    // channel could be answered a position whose next offset was published before the
+    // node's subscription took effect; the node never got that frame, and the next one
+    // skipped the subscriber's next offset (closed with 4008; it recovered the offset
+    // from history). src/backplane/redis.rs now confirms a subscribe with a PING on
+    // the subscriber connection. Measured: 18 such closes in 50 runs before, none in
+    // 40 after. The nodes log each 4008 with its reason; a failure quotes those lines.
+    let clients_4008 = closes.get("4008").copied().unwrap_or(0);
+    let nodes_4008: Vec<String> = fleet
+        .closes_4008
+        .lock()
+        .unwrap()
+        .iter()
+        .map(Value::to_string)
+        .collect();
+    assert!(
+        clients_4008 == 0 && nodes_4008.is_empty(),
+        "{clients_4008} clients closed with 4008 (none expected: no slow consumer, no \
+         unfillable gap); the nodes logged:\n{}",
+        nodes_4008.join("\n")
+    );
     for (i, l) in logs.iter().enumerate() {
-        // 1001 from draining nodes; 4008 is the protocol's other way to make a
-        // client recover (a gap its node could not fill, or a slow consumer), and the
-        // exactly-once check below still holds for such a client.
+        // Only draining nodes close clients.
         assert!(
-            l.closes
-                .iter()
-                .all(|c| matches!(c, Some(1001) | Some(4008))),
-            "client {i}: closes other than 1001 and 4008: {:?}",
+            l.closes.iter().all(|c| *c == Some(1001)),
+            "client {i}: closes other than 1001: {:?}",
             l.closes
         );
         assert!(

@@ -6,20 +6,53 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 use support::*;
 
+/// How long building the example from inside a test may take. A whole run (`bash
+/// .ci/test`, `cargo nextest run`, `cargo test`) builds it before any test starts;
+/// only a run filtered to this file finds it missing or stale.
+const BUILD_LIMIT: Duration = Duration::from_secs(90);
+
+/// The seats example next to this test binary (`<target>/<profile>/deps/seats-…`), so
+/// `CARGO_TARGET_DIR` and the profile are those of this run. Built, within
+/// [`BUILD_LIMIT`], when it is missing or older than its source.
 fn seats_binary() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/debug/examples/seats");
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary lives in <target>/<profile>/deps");
+    let path = profile_dir.join("examples/seats");
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/seats.rs");
+    let modified = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    };
+    if !path.exists() || modified(&path) < modified(source.as_ref()) {
+        let mut build = Command::new(env!("CARGO"));
+        build
             .args(["build", "--example", "seats"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo build --example seats");
-        assert!(status.success());
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        eprintln!(
+            "seats: {} is missing or stale; running `{}` (bounded by {BUILD_LIMIT:?})",
+            path.display(),
+            describe(&build)
+        );
+        let out = run_bounded(&mut build, BUILD_LIMIT);
+        assert!(
+            out.status.success() && path.exists(),
+            "`{}` failed ({}); build it before the test: cargo build --example seats\n{}",
+            describe(&build),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     path
 }
@@ -31,6 +64,7 @@ impl Service {
         Service(
             Command::new(seats_binary())
                 .args(["--redis", &redis.url(), "--name", name])
+                .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

@@ -3,13 +3,20 @@
 //!
 //! Tests never touch the machine's Redis on its standard port: every Redis here is
 //! started by the test, on a port the OS picked, with persistence off.
+//!
+//! Nothing here waits without a bound: every external command (`redis-cli`, `kill`,
+//! `cargo`) runs under [`run_bounded`], every wait for a process or a node has a
+//! deadline, and a bound that passes fails the test with a message naming what it
+//! waited for. The test runner bounds each test as a whole on top of that
+//! (`.config/nextest.toml`).
 
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -22,6 +29,86 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// How long one external command may take (`redis-cli` against a local server answers
+/// in milliseconds; this is for a loaded machine, not a slow command).
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(10);
+
+/// How a command line reads in a failure message.
+pub fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs `cmd` to its end, with stdin closed and its output captured, and returns its
+/// output. Panics naming the command when it cannot start or when it runs longer
+/// than `limit` (it is killed first), so a stuck command fails its test instead of
+/// hanging it.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    try_run_bounded(cmd, limit).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`run_bounded`] that reports instead of panicking: Err says which command did not
+/// start or did not finish (it was killed) and why.
+pub fn try_run_bounded(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
+    let what = describe(cmd);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("`{what}` could not be started: {e}"))?;
+    // Both pipes are read while it runs: a child blocked on a full pipe never exits.
+    let stdout = child.stdout.take().map(read_to_end_in_thread);
+    let stderr = child.stderr.take().map(read_to_end_in_thread);
+    let status = match wait_bounded(&mut child, limit) {
+        Ok(Some(status)) => status,
+        Ok(None) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "`{what}` did not finish within {limit:?}; killed it"
+            ));
+        }
+        Err(e) => return Err(format!("waiting for `{what}`: {e}")),
+    };
+    let collect = |h: Option<std::thread::JoinHandle<Vec<u8>>>| {
+        h.and_then(|h| h.join().ok()).unwrap_or_default()
+    };
+    Ok(Output {
+        status,
+        stdout: collect(stdout),
+        stderr: collect(stderr),
+    })
+}
+
+fn read_to_end_in_thread(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// Waits for `child` to exit: Some(status), or None when it still runs after `limit`.
+/// Blocks the calling thread (polling), as the commands it serves take milliseconds.
+pub fn wait_bounded(child: &mut Child, limit: Duration) -> std::io::Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
 
 /// A free TCP port on loopback (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
@@ -38,26 +125,51 @@ pub struct Redis {
     dir: PathBuf,
 }
 
+/// How often [`Redis::start`] tries another port when the one it picked was taken
+/// before redis-server could bind it (other tests pick free ports at the same time).
+const REDIS_PORT_TRIES: usize = 3;
+/// How long one `redis-cli INFO` may take while a server starts (it is retried until
+/// [`WAIT`] has passed).
+const PING_LIMIT: Duration = Duration::from_secs(2);
+
 impl Redis {
     pub fn start() -> Redis {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("herald-test-redis-{port}-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let mut r = Redis {
-            port,
-            child: None,
-            dir,
-        };
-        r.spawn();
-        r
+        let mut failures = Vec::new();
+        for _ in 0..REDIS_PORT_TRIES {
+            let port = free_port();
+            let dir = std::env::temp_dir()
+                .join(format!("herald-test-redis-{port}-{}", std::process::id()));
+            let _ = std::fs::create_dir_all(&dir);
+            let mut r = Redis {
+                port,
+                child: None,
+                dir,
+            };
+            match r.try_spawn() {
+                Ok(()) => return r,
+                // Dropping it kills what was started and removes its directory.
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!("redis-server did not start on {REDIS_PORT_TRIES} free ports: {failures:#?}");
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        if let Err(e) = self.try_spawn() {
+            panic!("{e}");
+        }
+    }
+
+    /// Starts redis-server on `self.port` and waits, within [`WAIT`], until this very
+    /// process answers (a PONG from another server that took the port does not
+    /// count). On failure the reason names the port and quotes the server's log.
+    fn try_spawn(&mut self) -> Result<(), String> {
+        let port = self.port;
+        let log = self.dir.join("redis.log");
+        let mut child = Command::new("redis-server")
             .args([
                 "--port",
-                &self.port.to_string(),
+                &port.to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -67,33 +179,78 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(&self.dir)
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
-        self.child = Some(child);
+            .unwrap_or_else(|e| {
+                panic!("redis-server could not be started ({e}); apt-get install redis-server")
+            });
+        let pid = child.id();
         let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if self.cli(&["PING"]).trim() == "PONG" {
-                return;
+        let failure = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                break format!("redis-server on port {port} exited with {status}");
+            }
+            let info = match self.try_cli(&["INFO", "server"], PING_LIMIT) {
+                Ok(info) => info,
+                // A loaded machine, or something on the port that does not answer as
+                // a Redis: the latter is named once the deadline passes.
+                Err(e) if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break format!("port {port} does not answer as a Redis: {e}");
+                }
+                Err(_) => continue,
+            };
+            if info
+                .lines()
+                .any(|l| l.trim() == format!("process_id:{pid}"))
+            {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if !info.trim().is_empty() {
+                // Something answers on the port, and it is not our server: the port
+                // was taken between picking it and binding it.
+                let _ = child.kill();
+                let _ = child.wait();
+                break format!("port {port} is taken by another process");
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break format!("redis-server on port {port} did not answer within {WAIT:?}");
             }
             std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server on port {} did not start", self.port);
+        };
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(5)..];
+        Err(format!("{failure}; its log ends: {tail:#?}"))
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Runs `redis-cli` against this server and returns its output.
+    /// Runs `redis-cli` against this server and returns its output; panics, naming
+    /// the command, when it takes longer than [`COMMAND_LIMIT`].
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli must be installed");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.try_cli(args, COMMAND_LIMIT)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_cli(&self, args: &[&str], limit: Duration) -> Result<String, String> {
+        let out = try_run_bounded(
+            Command::new("redis-cli")
+                .args(["-p", &self.port.to_string()])
+                .args(args),
+            limit,
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Kills the server (SIGKILL: no goodbye to clients).
@@ -141,7 +298,10 @@ pub fn config_from_toml(redis: Option<&Redis>, node_id: &str, toml: &str) -> Con
 }
 
 pub async fn start(config: Config) -> Node {
-    let node = Node::start(config).await.expect("node starts");
+    let node = tokio::time::timeout(WAIT, Node::start(config))
+        .await
+        .unwrap_or_else(|_| panic!("Node::start did not return within {WAIT:?}"))
+        .expect("node starts");
     wait_ready(node.addr).await;
     node
 }
@@ -216,18 +376,44 @@ impl NodeProcess {
             .arg(addr.to_string())
             .args(args)
             .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("herald binary");
-        wait_ready(addr).await;
-        NodeProcess { addr, child }
+        let mut node = NodeProcess { addr, child };
+        node.wait_ready().await;
+        node
+    }
+
+    /// Waits until the node answers `/readyz` with 200, within [`WAIT`]; a process
+    /// that exits first (a bad flag, a port taken) fails at once with its exit status.
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "herald on {} exited with {status} before it was ready",
+                    self.addr
+                );
+            }
+            if ready_status(self.addr).await == 200 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "herald on {} not ready within {WAIT:?}",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status();
+        run_bounded(
+            Command::new("kill").args([sig, &self.child.id().to_string()]),
+            COMMAND_LIMIT,
+        );
     }
 
     /// Waits for the process to exit; returns its exit code.
@@ -280,7 +466,12 @@ impl Client {
         addr: SocketAddr,
         path: &str,
     ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}")).await?;
+        let url = format!("ws://{addr}{path}");
+        let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(&url))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("websocket upgrade to {url} did not finish within {WAIT:?}")
+            })?;
         let welcome = loop {
             match tokio::time::timeout(WAIT, ws.next())
                 .await
@@ -304,14 +495,16 @@ impl Client {
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.ws
-            .send(Message::Text(text.into()))
+        tokio::time::timeout(WAIT, self.ws.send(Message::Text(text.into())))
             .await
+            .unwrap_or_else(|_| panic!("sending a frame took longer than {WAIT:?}"))
             .expect("send");
     }
 
+    /// Sends any message, ignoring failures (tests that break the protocol on
+    /// purpose); a send that cannot finish within [`WAIT`] is given up too.
     pub async fn send_raw(&mut self, msg: Message) {
-        let _ = self.ws.send(msg).await;
+        let _ = tokio::time::timeout(WAIT, self.ws.send(msg)).await;
     }
 
     /// Sends `frame` with a fresh id and waits for its reply (other frames are kept).
@@ -423,13 +616,11 @@ impl Client {
     }
 
     pub async fn close(mut self) {
-        let _ = self
-            .ws
-            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
-                code: CloseCode::Normal,
-                reason: "".into(),
-            }))
-            .await;
+        let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        let _ = tokio::time::timeout(WAIT, self.ws.close(Some(frame))).await;
     }
 }
 
