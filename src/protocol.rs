@@ -146,18 +146,7 @@ struct AnyObject {
 
 /// Parses one client text frame.
 pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
-    let raw: RawFrame<'_> = match serde_json::from_str(text) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let msg = if serde_json::from_str::<AnyObject>(text).is_ok() {
-                format!("invalid frame: {e}")
-            } else {
-                "a frame must be one JSON object".to_string()
-            };
-            // A field of the wrong type may still sit beside a readable id.
-            return Err(FrameError::bad(peek_id(text), msg));
-        }
-    };
+    let raw = read_raw(text)?;
     let id = match raw.id {
         None => None,
         Some(v) => Some(parse_id(v).map_err(|m| FrameError::bad(None, m))?),
@@ -165,82 +154,24 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
     let Some(op) = raw.op.as_deref() else {
         return Err(FrameError::bad(id, "missing field 'op'"));
     };
-    let channel = || -> Result<Cow<'_, str>, FrameError> {
-        let v = raw
-            .channel
-            .ok_or_else(|| FrameError::bad(id, "missing field 'channel'"))?;
-        let name = json_str(v).ok_or_else(|| FrameError::bad(id, "'channel' must be a string"))?;
-        validate_channel(&name).map_err(|m| FrameError::bad(id, m))?;
-        Ok(name)
-    };
-    let position =
-        |v: Option<&RawValue>, field: &str| -> Result<Option<StreamPosition>, FrameError> {
-            match v {
-                None => Ok(None),
-                Some(v) if v.get() == "null" => Ok(None),
-                Some(v) => serde_json::from_str(v.get()).map(Some).map_err(|_| {
-                    FrameError::bad(
-                        id,
-                        format!("'{field}' must be {{\"epoch\":\"…\",\"offset\":N}}"),
-                    )
-                }),
-            }
-        };
+    let f = Fields { raw: &raw, id };
     let op = match op {
         "subscribe" => Op::Subscribe {
-            channel: channel()?,
-            recover: position(raw.recover, "recover")?,
+            channel: f.channel()?,
+            recover: f.position(raw.recover, "recover")?,
         },
         "unsubscribe" => Op::Unsubscribe {
-            channel: channel()?,
+            channel: f.channel()?,
         },
-        "publish" => {
-            let channel = channel()?;
-            let data = raw
-                .data
-                .ok_or_else(|| FrameError::bad(id, "missing field 'data'"))?;
-            let idempotency_key = match raw.idempotency_key {
-                None => None,
-                Some(v) => {
-                    let key: String = serde_json::from_str(v.get())
-                        .map_err(|_| FrameError::bad(id, "'idempotency_key' must be a string"))?;
-                    validate_idempotency_key(&key).map_err(|m| FrameError::bad(id, m))?;
-                    Some(key)
-                }
-            };
-            Op::Publish {
-                channel,
-                data,
-                idempotency_key,
-            }
-        }
-        "history" => {
-            let limit =
-                match raw.limit {
-                    None => None,
-                    Some(v) => Some(serde_json::from_str::<u64>(v.get()).map_err(|_| {
-                        FrameError::bad(id, "'limit' must be a non-negative integer")
-                    })?),
-                };
-            Op::History {
-                channel: channel()?,
-                since: position(raw.since, "since")?,
-                limit,
-            }
-        }
+        "publish" => f.publish()?,
+        "history" => f.history()?,
         "presence" => Op::Presence {
-            channel: channel()?,
+            channel: f.channel()?,
         },
         "presence_stats" => Op::PresenceStats {
-            channel: channel()?,
+            channel: f.channel()?,
         },
-        "refresh" => {
-            let token = raw
-                .token
-                .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
-                .ok_or_else(|| FrameError::bad(id, "missing string field 'token'"))?;
-            Op::Refresh { token }
-        }
+        "refresh" => Op::Refresh { token: f.token()? },
         "ping" => Op::Ping,
         other => {
             let shown: String = other.chars().take(32).collect();
@@ -248,6 +179,101 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
         }
     };
     Ok(ClientFrame { id, op })
+}
+
+/// The frame as a JSON object of loosely typed fields, or why it is not one (with
+/// the id, when one can be read beside a field of the wrong type).
+fn read_raw(text: &str) -> Result<RawFrame<'_>, FrameError> {
+    serde_json::from_str(text).map_err(|e| {
+        let msg = if serde_json::from_str::<AnyObject>(text).is_ok() {
+            format!("invalid frame: {e}")
+        } else {
+            "a frame must be one JSON object".to_string()
+        };
+        FrameError::bad(peek_id(text), msg)
+    })
+}
+
+/// The fields of one frame, read as an op needs them; every refusal carries the id.
+struct Fields<'r, 'a> {
+    raw: &'r RawFrame<'a>,
+    id: Option<RequestId>,
+}
+
+impl<'a> Fields<'_, 'a> {
+    fn bad(&self, message: impl Into<String>) -> FrameError {
+        FrameError::bad(self.id, message)
+    }
+
+    fn channel(&self) -> Result<Cow<'a, str>, FrameError> {
+        let v = self
+            .raw
+            .channel
+            .ok_or_else(|| self.bad("missing field 'channel'"))?;
+        let name = json_str(v).ok_or_else(|| self.bad("'channel' must be a string"))?;
+        validate_channel(&name).map_err(|m| self.bad(m))?;
+        Ok(name)
+    }
+
+    fn position(
+        &self,
+        v: Option<&RawValue>,
+        field: &str,
+    ) -> Result<Option<StreamPosition>, FrameError> {
+        match v {
+            None => Ok(None),
+            Some(v) if v.get() == "null" => Ok(None),
+            Some(v) => serde_json::from_str(v.get()).map(Some).map_err(|_| {
+                self.bad(format!(
+                    "'{field}' must be {{\"epoch\":\"…\",\"offset\":N}}"
+                ))
+            }),
+        }
+    }
+
+    fn publish(&self) -> Result<Op<'a>, FrameError> {
+        let channel = self.channel()?;
+        let data = self
+            .raw
+            .data
+            .ok_or_else(|| self.bad("missing field 'data'"))?;
+        let idempotency_key = match self.raw.idempotency_key {
+            None => None,
+            Some(v) => {
+                let key: String = serde_json::from_str(v.get())
+                    .map_err(|_| self.bad("'idempotency_key' must be a string"))?;
+                validate_idempotency_key(&key).map_err(|m| self.bad(m))?;
+                Some(key)
+            }
+        };
+        Ok(Op::Publish {
+            channel,
+            data,
+            idempotency_key,
+        })
+    }
+
+    fn history(&self) -> Result<Op<'a>, FrameError> {
+        let limit = match self.raw.limit {
+            None => None,
+            Some(v) => Some(
+                serde_json::from_str::<u64>(v.get())
+                    .map_err(|_| self.bad("'limit' must be a non-negative integer"))?,
+            ),
+        };
+        Ok(Op::History {
+            channel: self.channel()?,
+            since: self.position(self.raw.since, "since")?,
+            limit,
+        })
+    }
+
+    fn token(&self) -> Result<String, FrameError> {
+        self.raw
+            .token
+            .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+            .ok_or_else(|| self.bad("missing string field 'token'"))
+    }
 }
 
 #[derive(Deserialize)]

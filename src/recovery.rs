@@ -12,10 +12,11 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::backplane::{Durability, HistoryQuery, PresenceEntry};
+use crate::backplane::{Durability, HistoryQuery, Position, PresenceEntry, StoredMessage};
 use crate::config::Namespace;
 use crate::connection::frame::Frame;
 use crate::connection::outbox::Outbox;
+use crate::error::BackplaneError;
 use crate::error::{ErrorCode, OpError};
 use crate::hub::{GoLive, SessionId, Subscriber};
 use crate::protocol::{self, RequestId, StreamPosition};
@@ -51,42 +52,8 @@ pub async fn subscribe_durable(
         Subscriber::buffered(session, outbox.clone(), state.config.limits.outbox_messages);
     state.subscriptions.subscribe(channel, sub).await?;
 
-    let read = async {
-        match &recover {
-            Some(pos) => {
-                let history = state
-                    .backplane
-                    .history(
-                        channel,
-                        d,
-                        HistoryQuery::After {
-                            offset: pos.offset,
-                            limit: None,
-                        },
-                    )
-                    .await?;
-                let current = &history.position;
-                let contiguous = match history.messages.first() {
-                    Some(first) => first.offset == pos.offset + 1,
-                    None => current.offset == pos.offset,
-                };
-                let recovered =
-                    pos.epoch == current.epoch && pos.offset <= current.offset && contiguous;
-                Ok::<_, crate::error::BackplaneError>((
-                    history.position.clone(),
-                    Some(recovered),
-                    history.messages,
-                ))
-            }
-            None => Ok((
-                state.backplane.position(channel, d).await?,
-                None,
-                Vec::new(),
-            )),
-        }
-    };
-    let (position, recovered, messages) = match read.await {
-        Ok(r) => r,
+    let start = match read_start(state, channel, d, recover.as_ref()).await {
+        Ok(start) => start,
         Err(e) => {
             state.subscriptions.unsubscribe(channel, session);
             return Err(e.into());
@@ -99,34 +66,95 @@ pub async fn subscribe_durable(
         state.subscriptions.unsubscribe(channel, session);
         return Err(e);
     }
+    let Some(has) = send_start(outbox, id, start).await else {
+        // The connection is closing: nothing more to send.
+        return Ok(());
+    };
+    go_live(state, outbox, channel, session, has).await
+}
+
+/// Where a durable subscription starts: the channel's position, and with `recover`
+/// whether history holds everything after the client's offset, and that history.
+struct Start {
+    position: Position,
+    recovered: Option<bool>,
+    messages: Vec<StoredMessage>,
+}
+
+/// Reads the start of a subscription (step 2), after the barrier.
+async fn read_start(
+    state: &AppState,
+    channel: &str,
+    d: Durability,
+    recover: Option<&StreamPosition>,
+) -> Result<Start, BackplaneError> {
+    let Some(pos) = recover else {
+        return Ok(Start {
+            position: state.backplane.position(channel, d).await?,
+            recovered: None,
+            messages: Vec::new(),
+        });
+    };
+    let query = HistoryQuery::After {
+        offset: pos.offset,
+        limit: None,
+    };
+    let history = state.backplane.history(channel, d, query).await?;
+    let current = &history.position;
+    let contiguous = match history.messages.first() {
+        Some(first) => first.offset == pos.offset + 1,
+        None => current.offset == pos.offset,
+    };
+    let recovered = pos.epoch == current.epoch && pos.offset <= current.offset && contiguous;
+    Ok(Start {
+        position: history.position,
+        recovered: Some(recovered),
+        messages: history.messages,
+    })
+}
+
+/// Sends the reply, then the recovered history (step 3). Returns the epoch and the
+/// last offset the client now has, or None when the connection closed meanwhile.
+async fn send_start(outbox: &Outbox, id: Option<RequestId>, start: Start) -> Option<(String, u64)> {
+    let Start {
+        position,
+        recovered,
+        messages,
+    } = start;
     if let Some(id) = id {
         let mut result = json!({"epoch": position.epoch, "offset": position.offset});
         if let Some(recovered) = recovered {
             result["recovered"] = json!(recovered);
         }
         let reply = protocol::reply_ok(id, &result);
-        if outbox.send(Frame::text(reply)).await.is_err() {
-            return Ok(());
-        }
+        outbox.send(Frame::text(reply)).await.ok()?;
     }
     // Without a successful recovery the client starts from the current offset.
     let mut sent = position.offset;
     if recovered == Some(true) {
         for m in messages {
             sent = m.offset;
-            if outbox.send(Frame::Text(m.frame)).await.is_err() {
-                return Ok(());
-            }
+            outbox.send(Frame::Text(m.frame)).await.ok()?;
         }
     }
+    Some((position.epoch, sent))
+}
+
+/// Switches the route to live (step 4), releasing buffered frames after what the
+/// client `has` (an epoch and its last offset).
+async fn go_live(
+    state: &AppState,
+    outbox: &Outbox,
+    channel: &str,
+    session: SessionId,
+    has: (String, u64),
+) -> Result<(), OpError> {
+    let (epoch, sent) = has;
     // The buffer must fit into the queue at once: give the writer time to make room.
     outbox
         .wait_for_room(state.config.limits.outbox_messages / 2)
         .await;
-    match state
-        .hub
-        .go_live(channel, session, Some((&position.epoch, sent)))
-    {
+    match state.hub.go_live(channel, session, Some((&epoch, sent))) {
         GoLive::Released(_) | GoLive::Gone => Ok(()),
         GoLive::Overflowed => {
             state.metrics.slow_consumer_closes.increment(1);

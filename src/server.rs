@@ -60,37 +60,20 @@ pub struct Node {
 impl Node {
     /// Builds every part, binds the listener and starts serving.
     pub async fn start(config: Config) -> Result<Node, StartError> {
+        // What each feature checks of its own settings, before anything starts.
+        let tokens = Tokens::from_config(&config)?;
+        let sources = crate::streams::ingest::validate(&config)?;
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::new(&config.node_id));
-        let hub = if config.limits.write_coalesce.is_zero() {
-            Arc::new(Hub::new(metrics.clone()))
-        } else {
-            let coalescer = Arc::new(Coalescer::new(
-                config.limits.write_coalesce,
-                config.limits.outbox_messages,
-            ));
-            let hub = Arc::new(Hub::with_coalescer(metrics.clone(), coalescer.clone()));
-            let stop = shutdown.clone();
-            tokio::spawn({
-                let hub = hub.clone();
-                async move { hub.run_coalescing(stop).await }
-            });
-            hub
-        };
+        let hub = start_hub(&config, &metrics, &shutdown);
         let gap_report = Arc::new(gaps::GapReport::default());
         let inbound = Arc::new(NodeInbound::new(hub.clone(), gap_report.clone()));
-        let (backplane, redis): (Arc<dyn Backplane>, _) = match &config.redis_url {
-            None => (Arc::new(MemoryBackplane::new(inbound)), None),
-            Some(url) => {
-                let options = RedisOptions {
-                    url,
-                    prefix: &config.prefix,
-                    max_frame_bytes: config.limits.backplane_frame_bytes(),
-                };
-                let redis =
-                    RedisBackplane::start(options, inbound, metrics.clone(), shutdown.clone())?;
-                (redis.clone() as Arc<dyn Backplane>, Some(redis))
+        let (backplane, redis) = match start_backplane(&config, inbound, &metrics, &shutdown) {
+            Ok(b) => b,
+            Err(e) => {
+                shutdown.cancel();
+                return Err(e);
             }
         };
         let subscriptions =
@@ -102,7 +85,7 @@ impl Node {
                 hub,
                 backplane,
                 subscriptions: subscriptions.clone(),
-                tokens: Tokens::from_config(&config)?,
+                tokens,
             },
             ConnectionRate::new(config.limits.new_connections_per_sec),
         ));
@@ -114,35 +97,17 @@ impl Node {
             state.clone(),
             shutdown.clone(),
         ));
-        let sources = crate::streams::ingest::validate(&config)?;
         if let Some(redis) = &redis {
             crate::streams::ingest::start(state.clone(), redis.clone(), sources, shutdown.clone());
         }
-
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-        let app = router(state.clone());
-        let stop = shutdown.clone();
-        let limits = crate::listener::HttpLimits {
-            header_read_timeout: config.header_read_timeout,
-            max_connections: config.limits.max_http_connections,
+        let (addr, server) = match serve(&state, &shutdown).await {
+            Ok(served) => served,
+            Err(e) => {
+                // Nothing serves: stop what was started rather than leave it running.
+                shutdown.cancel();
+                return Err(e);
+            }
         };
-        let server = tokio::spawn(crate::listener::serve(
-            listener,
-            app,
-            limits,
-            state.metrics.http(),
-            stop,
-        ));
         Ok(Node {
             addr,
             state,
@@ -173,6 +138,75 @@ impl Node {
             redis.quit().await;
         }
     }
+}
+
+/// The hub, and with write coalescing on, the task that runs its ticks.
+fn start_hub(config: &Config, metrics: &Arc<Metrics>, shutdown: &CancellationToken) -> Arc<Hub> {
+    if config.limits.write_coalesce.is_zero() {
+        return Arc::new(Hub::new(metrics.clone()));
+    }
+    let coalescer = Arc::new(Coalescer::new(
+        config.limits.write_coalesce,
+        config.limits.outbox_messages,
+    ));
+    let hub = Arc::new(Hub::with_coalescer(metrics.clone(), coalescer));
+    let stop = shutdown.clone();
+    tokio::spawn({
+        let hub = hub.clone();
+        async move { hub.run_coalescing(stop).await }
+    });
+    hub
+}
+
+/// The node's backplane, and the Redis engine as itself when that is the one (ingest
+/// reads through it, and the stop sends its `QUIT`).
+type Engine = (Arc<dyn Backplane>, Option<Arc<RedisBackplane>>);
+
+/// The configured engine: memory without a Redis URL, Redis with one.
+fn start_backplane(
+    config: &Config,
+    inbound: Arc<NodeInbound>,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> Result<Engine, StartError> {
+    let Some(url) = &config.redis_url else {
+        return Ok((Arc::new(MemoryBackplane::new(inbound)), None));
+    };
+    let options = RedisOptions {
+        url,
+        prefix: &config.prefix,
+        max_frame_bytes: config.limits.backplane_frame_bytes(),
+    };
+    let redis = RedisBackplane::start(options, inbound, metrics.clone(), shutdown.clone())?;
+    Ok((redis.clone(), Some(redis)))
+}
+
+/// Binds the listen address and serves the router on it until `shutdown`.
+async fn serve(
+    state: &Arc<AppState>,
+    shutdown: &CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), StartError> {
+    let config = &state.config;
+    let listen_error = |source| StartError::Listen {
+        addr: config.listen,
+        source,
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(listen_error)?;
+    let addr = listener.local_addr().map_err(listen_error)?;
+    let limits = crate::listener::HttpLimits {
+        header_read_timeout: config.header_read_timeout,
+        max_connections: config.limits.max_http_connections,
+    };
+    let server = tokio::spawn(crate::listener::serve(
+        listener,
+        router(state.clone()),
+        limits,
+        state.metrics.http(),
+        shutdown.clone(),
+    ));
+    Ok((addr, server))
 }
 
 fn router(state: Arc<AppState>) -> Router {
