@@ -47,39 +47,8 @@ fn validate_one(
     if src.stream.is_empty() || src.stream.chars().any(char::is_whitespace) {
         return Err(err("stream", "must be a stream key without spaces".into()));
     }
-    let rule = match (&src.channel, &src.channel_field) {
-        (Some(t), None) => {
-            entry::check_template(t).map_err(|m| err("channel", m))?;
-            let probe = t.replace(['{', '}'], "");
-            if config.namespaces.for_channel(&probe).is_none() {
-                return Err(err(
-                    "channel",
-                    format!(
-                        "namespace '{}' is not declared",
-                        protocol::namespace_of(&probe)
-                    ),
-                ));
-            }
-            ChannelRule::Template(t.clone())
-        }
-        (None, Some(f)) => ChannelRule::Field(f.clone()),
-        _ => {
-            return Err(err(
-                "channel",
-                "give exactly one of 'channel' and 'channel_field'".into(),
-            ));
-        }
-    };
-    let reclaim_idle = match &src.reclaim_idle {
-        Some(v) => parse_duration(v).map_err(|m| err("reclaim_idle", m))?,
-        None => Duration::from_secs(30),
-    };
-    if reclaim_idle.is_zero() || reclaim_idle * 3 >= config.idempotency_ttl {
-        return Err(err(
-            "reclaim_idle",
-            "must be above zero and shorter than a third of server.idempotency_ttl".into(),
-        ));
-    }
+    let rule = channel_rule(config, src, err)?;
+    let reclaim_idle = reclaim_idle(config, src, err)?;
     if src.batch == 0 || src.max_deliveries == 0 {
         return Err(err(
             "batch",
@@ -104,6 +73,58 @@ fn validate_one(
             .unwrap_or_else(|| format!("{}:dead", src.stream)),
         batch: src.batch,
     })
+}
+
+/// `channel` (a template whose namespace is declared) or `channel_field`, not both.
+fn channel_rule(
+    config: &Config,
+    src: &IngestSource,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<ChannelRule, ConfigError> {
+    let rule = match (&src.channel, &src.channel_field) {
+        (Some(t), None) => {
+            entry::check_template(t).map_err(|m| err("channel", m))?;
+            let probe = t.replace(['{', '}'], "");
+            if config.namespaces.for_channel(&probe).is_none() {
+                return Err(err(
+                    "channel",
+                    format!(
+                        "namespace '{}' is not declared",
+                        protocol::namespace_of(&probe)
+                    ),
+                ));
+            }
+            ChannelRule::Template(t.clone())
+        }
+        (None, Some(f)) => ChannelRule::Field(f.clone()),
+        _ => {
+            return Err(err(
+                "channel",
+                "give exactly one of 'channel' and 'channel_field'".into(),
+            ));
+        }
+    };
+    Ok(rule)
+}
+
+/// `reclaim_idle` (30 s by default), under a third of `server.idempotency_ttl`: an
+/// entry claimed from a departed node is then still recognised by its idempotency key.
+fn reclaim_idle(
+    config: &Config,
+    src: &IngestSource,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Duration, ConfigError> {
+    let reclaim_idle = match &src.reclaim_idle {
+        Some(v) => parse_duration(v).map_err(|m| err("reclaim_idle", m))?,
+        None => Duration::from_secs(30),
+    };
+    if reclaim_idle.is_zero() || reclaim_idle * 3 >= config.idempotency_ttl {
+        return Err(err(
+            "reclaim_idle",
+            "must be above zero and shorter than a third of server.idempotency_ttl".into(),
+        ));
+    }
+    Ok(reclaim_idle)
 }
 
 #[cfg(test)]

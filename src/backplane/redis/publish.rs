@@ -1,0 +1,185 @@
+//! Publishing through Redis: a plain `PUBLISH`; an idempotent one (`idempotent_publish.lua`:
+//! the key and the publish in one step); a durable one (`publish.lua`: the offset, the
+//! history entry and the publish in one atomic step, idempotent or not); and the
+//! upstream stream's `XADD`. Checking the link first is the engine's (`redis.rs`);
+//! reading history back is `history.rs`'s.
+
+use fred::clients::Client;
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use fred::types::{ClusterHash, CustomCommand};
+
+use super::history::ttl_secs;
+use super::keys::Keys;
+use super::reply::{map_err, parse_position, value_str};
+use crate::backplane::{Durability, Idempotency, PublishRequest, Published, new_epoch};
+use crate::error::BackplaneError;
+use crate::protocol;
+
+const PUBLISH_LUA: &str = include_str!("../publish.lua");
+const IDEMPOTENT_LUA: &str = include_str!("../idempotent_publish.lua");
+
+pub(super) struct Publisher {
+    client: Client,
+    keys: Keys,
+    publish_script: Script,
+    idempotent_script: Script,
+}
+
+impl Publisher {
+    pub(super) fn new(client: Client, keys: Keys) -> Self {
+        Self {
+            client,
+            keys,
+            publish_script: Script::from_lua(PUBLISH_LUA),
+            idempotent_script: Script::from_lua(IDEMPOTENT_LUA),
+        }
+    }
+
+    pub(super) async fn publish(
+        &self,
+        req: PublishRequest<'_>,
+    ) -> Result<Published, BackplaneError> {
+        match (req.durable, req.idempotency) {
+            (None, None) => self.plain(req).await,
+            (None, Some(idem)) => self.idempotent(req, idem).await,
+            (Some(d), idem) => self.durable(req, d, idem).await,
+        }
+    }
+
+    async fn plain(&self, req: PublishRequest<'_>) -> Result<Published, BackplaneError> {
+        let channel = self.keys.pubsub(req.channel);
+        let frame = protocol::message_frame_from(req.channel, req.data, req.source, None);
+        let _: i64 = self.client.publish(channel, frame).await.map_err(map_err)?;
+        Ok(Published::Plain)
+    }
+
+    async fn idempotent(
+        &self,
+        req: PublishRequest<'_>,
+        idem: Idempotency<'_>,
+    ) -> Result<Published, BackplaneError> {
+        let channel = self.keys.pubsub(req.channel);
+        let frame = protocol::message_frame_from(req.channel, req.data, req.source, None);
+        let keys = vec![self.keys.idempotency(req.channel, idem.key), channel];
+        let args: Vec<Value> = vec![Value::Bytes(frame), ttl_ms(idem).into()];
+        let status: String = self
+            .idempotent_script
+            .evalsha_with_reload(&self.client, keys, args)
+            .await
+            .map_err(map_err)?;
+        match status.as_str() {
+            "ok" => Ok(Published::Plain),
+            "dup" => Ok(Published::Duplicate(Box::new(Published::Plain))),
+            "conflict" => Err(BackplaneError::Conflict),
+            other => Err(BackplaneError::Protocol(format!(
+                "idempotent publish: {other}"
+            ))),
+        }
+    }
+
+    /// The script completes the frame with the offset it gives the message.
+    async fn durable(
+        &self,
+        req: PublishRequest<'_>,
+        d: Durability,
+        idem: Option<Idempotency<'_>>,
+    ) -> Result<Published, BackplaneError> {
+        let open = protocol::message_frame_open(req.channel, req.data, req.source);
+        let mut keys = vec![
+            self.keys.meta(req.channel),
+            self.keys.stream(req.channel),
+            self.keys.pubsub(req.channel),
+        ];
+        let mut args: Vec<Value> = vec![
+            Value::Bytes(open),
+            (d.history_size.min(i64::MAX as u64) as i64).into(),
+            ttl_secs(d).into(),
+            new_epoch().into(),
+        ];
+        if let Some(idem) = idem {
+            keys.push(self.keys.idempotency(req.channel, idem.key));
+            args.push(ttl_ms(idem).into());
+        }
+        let reply: Vec<Value> = self
+            .publish_script
+            .evalsha_with_reload(&self.client, keys, args)
+            .await
+            .map_err(map_err)?;
+        parse_durable(&reply)
+    }
+
+    /// `XADD <upstream> MAXLEN ~ <maxlen> * <field> <value>…`: the stream id.
+    pub(super) async fn append_upstream(
+        &self,
+        ns: &str,
+        maxlen: u64,
+        fields: &[(&str, &str)],
+    ) -> Result<String, BackplaneError> {
+        let mut args: Vec<Value> = Vec::with_capacity(5 + fields.len() * 2);
+        args.push(self.keys.upstream(ns).into());
+        args.push("MAXLEN".into());
+        args.push("~".into());
+        args.push((maxlen.min(i64::MAX as u64) as i64).into());
+        args.push("*".into());
+        for (k, v) in fields {
+            args.push((*k).into());
+            args.push((*v).into());
+        }
+        let cmd = CustomCommand::new_static("XADD", ClusterHash::FirstKey, false);
+        let id: Value = self.client.custom(cmd, args).await.map_err(map_err)?;
+        value_str(&id).ok_or_else(|| BackplaneError::Protocol("XADD reply".into()))
+    }
+}
+
+/// How long the idempotency key is remembered, in ms (at least 1).
+fn ttl_ms(idem: Idempotency<'_>) -> i64 {
+    (idem.ttl.as_millis().max(1)) as i64
+}
+
+/// `publish.lua`'s answer: `[status, epoch, offset]`, or `["conflict"]`.
+fn parse_durable(reply: &[Value]) -> Result<Published, BackplaneError> {
+    match reply {
+        [status, epoch, offset] => {
+            let pos = Published::Durable(parse_position(epoch, offset)?);
+            match value_str(status).as_deref() {
+                Some("ok") => Ok(pos),
+                Some("dup") => Ok(Published::Duplicate(Box::new(pos))),
+                _ => Err(BackplaneError::Protocol("publish script status".into())),
+            }
+        }
+        [status] if value_str(status).as_deref() == Some("conflict") => {
+            Err(BackplaneError::Conflict)
+        }
+        _ => Err(BackplaneError::Protocol("publish script reply".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backplane::Position;
+
+    #[test]
+    fn durable_replies_parse() {
+        let position = Position {
+            epoch: "ep".into(),
+            offset: 3,
+        };
+        let ok = [Value::from("ok"), Value::from("ep"), Value::Integer(3)];
+        assert_eq!(
+            parse_durable(&ok).unwrap(),
+            Published::Durable(position.clone())
+        );
+        let dup = [Value::from("dup"), Value::from("ep"), Value::Integer(3)];
+        assert_eq!(
+            parse_durable(&dup).unwrap(),
+            Published::Duplicate(Box::new(Published::Durable(position)))
+        );
+        assert!(matches!(
+            parse_durable(&[Value::from("conflict")]),
+            Err(BackplaneError::Conflict)
+        ));
+        assert!(parse_durable(&[Value::from("what")]).is_err());
+    }
+}
