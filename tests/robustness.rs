@@ -130,246 +130,193 @@ enum Expect {
     Ok(u64, Value),
     /// No reply at all.
     Nothing,
+    /// No reply at all, and the watcher of `room` receives this data (a publish
+    /// without id).
+    NothingButDelivered(Value),
 }
 
 // ---- bad input over WebSocket -------------------------------------------------------
 
-async fn bad_input_gets_documented_answers(redis: Option<&Redis>) {
-    let node = start(config(redis, "a")).await;
-    let http = shared_http();
-    let mut bad = Client::connect(node.addr).await;
-    let mut watcher = Client::connect(node.addr).await;
-    watcher.subscribe("room").await;
+/// One frame sent by a client: a name for failure messages, the frame, its answer.
+type Case = (&'static str, Message, Expect);
 
-    let long = "x".repeat(256);
-    let longest = "x".repeat(255);
-    let text = |s: String| Message::Text(s.into());
-    let cases: Vec<(&str, Message, Expect)> = vec![
-        (
-            "not JSON",
-            text("not json".into()),
-            Expect::Error(Value::Null, "bad_request"),
+fn text(s: impl Into<String>) -> Message {
+    Message::Text(s.into().into())
+}
+
+/// Frames that are not a JSON object in a text frame: no id can be read from them.
+fn non_object_frames() -> Vec<Case> {
+    let bad = |name, frame| (name, frame, Expect::Error(Value::Null, "bad_request"));
+    vec![
+        bad("not JSON", text("not json")),
+        bad("truncated JSON", text(r#"{"id":3,"op":"ping""#)),
+        bad("JSON array", text("[1,2,3]")),
+        bad("array holding a frame", text(r#"[{"id":4,"op":"ping"}]"#)),
+        bad("JSON string", text(r#""ping""#)),
+        bad("JSON number", text("42")),
+        bad("JSON null", text("null")),
+        bad("empty text", text("")),
+        bad(
+            "binary frame",
+            Message::Binary(b"{\"id\":20,\"op\":\"ping\"}".to_vec().into()),
         ),
-        (
-            "truncated JSON",
-            text(r#"{"id":3,"op":"ping""#.into()),
-            Expect::Error(Value::Null, "bad_request"),
-        ),
-        (
-            "JSON array",
-            text("[1,2,3]".into()),
-            Expect::Error(Value::Null, "bad_request"),
-        ),
-        (
-            "array holding a frame",
-            text(r#"[{"id":4,"op":"ping"}]"#.into()),
-            Expect::Error(Value::Null, "bad_request"),
-        ),
-        (
-            "JSON string",
-            text(r#""ping""#.into()),
-            Expect::Error(Value::Null, "bad_request"),
-        ),
-        (
-            "JSON number",
-            text("42".into()),
-            Expect::Error(Value::Null, "bad_request"),
-        ),
-        (
-            "JSON null",
-            text("null".into()),
-            Expect::Error(Value::Null, "bad_request"),
-        ),
-        (
-            "empty text",
-            text(String::new()),
-            Expect::Error(Value::Null, "bad_request"),
-        ),
+    ]
+}
+
+/// Objects with an id but a bad or missing op, or an op missing a member it needs.
+fn bad_ops_and_missing_members() -> Vec<Case> {
+    vec![
         (
             "unknown op with id",
-            text(r#"{"id":5,"op":"nope"}"#.into()),
+            text(r#"{"id":5,"op":"nope"}"#),
             Expect::Error(json!(5), "bad_request"),
         ),
         (
             "op not a string",
-            text(r#"{"id":6,"op":7}"#.into()),
+            text(r#"{"id":6,"op":7}"#),
             Expect::Error(json!(6), "bad_request"),
         ),
         (
             "missing op",
-            text(r#"{"id":7}"#.into()),
+            text(r#"{"id":7}"#),
             Expect::Error(json!(7), "bad_request"),
         ),
         (
             "subscribe without channel",
-            text(r#"{"id":8,"op":"subscribe"}"#.into()),
+            text(r#"{"id":8,"op":"subscribe"}"#),
             Expect::Error(json!(8), "bad_request"),
         ),
         (
-            "channel with a space",
-            text(r#"{"id":9,"op":"subscribe","channel":"has space"}"#.into()),
-            Expect::Error(json!(9), "bad_request"),
-        ),
-        (
-            "channel with *",
-            text(r#"{"id":10,"op":"subscribe","channel":"news*"}"#.into()),
-            Expect::Error(json!(10), "bad_request"),
-        ),
-        (
-            "channel of 256 bytes",
-            text(json!({"id": 11, "op": "subscribe", "channel": long}).to_string()),
-            Expect::Error(json!(11), "bad_request"),
-        ),
-        (
-            "empty channel",
-            text(r#"{"id":12,"op":"subscribe","channel":""}"#.into()),
-            Expect::Error(json!(12), "bad_request"),
-        ),
-        (
-            "non-ASCII channel",
-            text(r#"{"id":13,"op":"subscribe","channel":"café"}"#.into()),
-            Expect::Error(json!(13), "bad_request"),
-        ),
-        (
-            "escaped non-ASCII channel",
-            text(r#"{"id":14,"op":"subscribe","channel":"caf\u00e9"}"#.into()),
-            Expect::Error(json!(14), "bad_request"),
-        ),
-        (
-            "channel not a string",
-            text(r#"{"id":15,"op":"subscribe","channel":5}"#.into()),
-            Expect::Error(json!(15), "bad_request"),
-        ),
-        (
-            "unsubscribe with bad channel",
-            text(r#"{"id":16,"op":"unsubscribe","channel":"a b"}"#.into()),
-            Expect::Error(json!(16), "bad_request"),
-        ),
-        (
-            "publish with bad channel",
-            text(r#"{"id":17,"op":"publish","channel":"room!","data":1}"#.into()),
-            Expect::Error(json!(17), "bad_request"),
-        ),
-        (
             "publish without data",
-            text(r#"{"id":18,"op":"publish","channel":"room"}"#.into()),
+            text(r#"{"id":18,"op":"publish","channel":"room"}"#),
             Expect::Error(json!(18), "bad_request"),
         ),
-        (
-            "id as a string",
-            text(r#"{"id":"19","op":"ping"}"#.into()),
-            Expect::Error(Value::Null, "bad_request"),
+    ]
+}
+
+/// Channel names outside the grammar, in every op that takes one; and the longest
+/// name allowed, 255 bytes, which is accepted.
+fn bad_channel_names() -> Vec<Case> {
+    let long = "x".repeat(256);
+    let longest = "x".repeat(255);
+    let bad =
+        |name, id: u64, frame: String| (name, text(frame), Expect::Error(json!(id), "bad_request"));
+    vec![
+        bad(
+            "channel with a space",
+            9,
+            r#"{"id":9,"op":"subscribe","channel":"has space"}"#.into(),
         ),
-        (
-            "negative id",
-            text(r#"{"id":-1,"op":"ping"}"#.into()),
-            Expect::Error(Value::Null, "bad_request"),
+        bad(
+            "channel with *",
+            10,
+            r#"{"id":10,"op":"subscribe","channel":"news*"}"#.into(),
         ),
-        (
-            "fractional id",
-            text(r#"{"id":1.5,"op":"ping"}"#.into()),
-            Expect::Error(Value::Null, "bad_request"),
+        bad(
+            "channel of 256 bytes",
+            11,
+            json!({"id": 11, "op": "subscribe", "channel": long}).to_string(),
         ),
-        (
-            "id of 2^53",
-            text(r#"{"id":9007199254740992,"op":"ping"}"#.into()),
-            Expect::Error(Value::Null, "bad_request"),
+        bad(
+            "empty channel",
+            12,
+            r#"{"id":12,"op":"subscribe","channel":""}"#.into(),
         ),
-        (
-            "id of 2^53-1 (valid)",
-            text(r#"{"id":9007199254740991,"op":"ping"}"#.into()),
-            Expect::Ok(9007199254740991, json!({})),
+        bad(
+            "non-ASCII channel",
+            13,
+            r#"{"id":13,"op":"subscribe","channel":"café"}"#.into(),
         ),
-        (
-            "binary frame",
-            Message::Binary(b"{\"id\":20,\"op\":\"ping\"}".to_vec().into()),
-            Expect::Error(Value::Null, "bad_request"),
+        bad(
+            "escaped non-ASCII channel",
+            14,
+            r#"{"id":14,"op":"subscribe","channel":"caf\u00e9"}"#.into(),
         ),
-        (
-            "error without id: missing channel",
-            text(r#"{"op":"subscribe"}"#.into()),
-            Expect::Error(Value::Null, "bad_request"),
+        bad(
+            "channel not a string",
+            15,
+            r#"{"id":15,"op":"subscribe","channel":5}"#.into(),
         ),
-        (
-            "error without id: unknown op",
-            text(r#"{"op":"nope"}"#.into()),
-            Expect::Error(Value::Null, "bad_request"),
+        bad(
+            "unsubscribe with bad channel",
+            16,
+            r#"{"id":16,"op":"unsubscribe","channel":"a b"}"#.into(),
         ),
-        (
-            "error without id: publish without data",
-            text(r#"{"op":"publish","channel":"room"}"#.into()),
-            Expect::Error(Value::Null, "bad_request"),
-        ),
-        (
-            "valid ping without id",
-            text(r#"{"op":"ping"}"#.into()),
-            Expect::Nothing,
-        ),
-        (
-            "valid publish without id",
-            text(r#"{"op":"publish","channel":"room","data":"no id"}"#.into()),
-            Expect::Nothing,
+        bad(
+            "publish with bad channel",
+            17,
+            r#"{"id":17,"op":"publish","channel":"room!","data":1}"#.into(),
         ),
         (
             "channel of 255 bytes (valid)",
             text(json!({"id": 21, "op": "publish", "channel": longest, "data": 1}).to_string()),
             Expect::Ok(21, json!({})),
         ),
-    ];
+    ]
+}
 
-    // What the watcher must receive, in order: one HTTP publish after every case, and
-    // the WebSocket publish without id.
+/// Ids that are not integers from 0 to 2^53-1 (an error with a null id: the id is not
+/// one the client can match), and 2^53-1 itself, which is accepted.
+fn ids_outside_the_safe_integers() -> Vec<Case> {
+    let bad = |name, frame| (name, frame, Expect::Error(Value::Null, "bad_request"));
+    vec![
+        bad("id as a string", text(r#"{"id":"19","op":"ping"}"#)),
+        bad("negative id", text(r#"{"id":-1,"op":"ping"}"#)),
+        bad("fractional id", text(r#"{"id":1.5,"op":"ping"}"#)),
+        bad("id of 2^53", text(r#"{"id":9007199254740992,"op":"ping"}"#)),
+        (
+            "id of 2^53-1 (valid)",
+            text(r#"{"id":9007199254740991,"op":"ping"}"#),
+            Expect::Ok(9007199254740991, json!({})),
+        ),
+    ]
+}
+
+/// Frames without an id: an error is still answered (id null); a success is not,
+/// though a publish still delivers.
+fn frames_without_id() -> Vec<Case> {
+    let bad = |name, frame| (name, frame, Expect::Error(Value::Null, "bad_request"));
+    vec![
+        bad(
+            "error without id: missing channel",
+            text(r#"{"op":"subscribe"}"#),
+        ),
+        bad("error without id: unknown op", text(r#"{"op":"nope"}"#)),
+        bad(
+            "error without id: publish without data",
+            text(r#"{"op":"publish","channel":"room"}"#),
+        ),
+        (
+            "valid ping without id",
+            text(r#"{"op":"ping"}"#),
+            Expect::Nothing,
+        ),
+        (
+            "valid publish without id",
+            text(r#"{"op":"publish","channel":"room","data":"no id"}"#),
+            Expect::NothingButDelivered(json!("no id")),
+        ),
+    ]
+}
+
+/// Sends each case's frame on one connection and checks its answer; after each, that
+/// the connection still works and answered nothing else, and that a client watching
+/// `room` on another connection keeps receiving (one HTTP publish after every case).
+async fn each_case_gets_its_answer(redis: Option<&Redis>, cases: Vec<Case>) {
+    let node = start(config(redis, "a")).await;
+    let http = shared_http();
+    let mut bad = Client::connect(node.addr).await;
+    let mut watcher = Client::connect(node.addr).await;
+    watcher.subscribe("room").await;
+
+    // What the watcher must receive, in order.
     let mut expected: Vec<Value> = Vec::new();
     for (k, (name, frame, expect)) in cases.into_iter().enumerate() {
-        let is_publish_without_id = name == "valid publish without id";
         bad.send_raw(frame).await;
-        match expect {
-            Expect::Error(id, code) => {
-                let r = bad
-                    .next_frame(Duration::from_secs(5))
-                    .await
-                    .unwrap_or_else(|| panic!("{name}: no error reply"));
-                assert_eq!(r["type"], "reply", "{name}: {r}");
-                assert_eq!(r["id"], id, "{name}: {r}");
-                assert!(
-                    r.get("id").is_some(),
-                    "{name}: the reply has no id member: {r}"
-                );
-                assert_eq!(r["error"]["code"], code, "{name}: {r}");
-                assert!(r["error"]["message"].is_string(), "{name}: {r}");
-                assert!(r.get("result").is_none(), "{name}: {r}");
-            }
-            Expect::Ok(id, result) => {
-                let r = bad
-                    .next_frame(Duration::from_secs(5))
-                    .await
-                    .unwrap_or_else(|| panic!("{name}: no reply"));
-                assert_eq!(
-                    r,
-                    json!({"type": "reply", "id": id, "result": result}),
-                    "{name}"
-                );
-            }
-            Expect::Nothing => {}
+        if let Some(data) = expect_answer(&mut bad, name, expect).await {
+            expected.push(data);
         }
-        if is_publish_without_id {
-            expected.push(json!("no id"));
-        }
-        // The connection is still usable, and nothing else was answered: the very next
-        // frame is the reply to this ping.
-        let ping_id = 1000 + k as u64;
-        bad.send_text(&json!({"id": ping_id, "op": "ping"}).to_string())
-            .await;
-        let r = bad
-            .next_frame(Duration::from_secs(5))
-            .await
-            .unwrap_or_else(|| panic!("{name}: no reply to the ping after it"));
-        assert_eq!(
-            r,
-            json!({"type": "reply", "id": ping_id, "result": {}}),
-            "{name}: expected only the ping reply"
-        );
-        // Meanwhile the other client keeps receiving.
+        expect_only_the_next_ping_answered(&mut bad, name, 1000 + k as u64).await;
         let (status, body) =
             post_publish(&http, node.addr, &json!({"channel": "room", "data": k})).await;
         assert_eq!(status, 200, "{body}");
@@ -395,15 +342,112 @@ async fn bad_input_gets_documented_answers(redis: Option<&Redis>) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_gets_documented_answers_memory() {
-    bad_input_gets_documented_answers(None).await;
+/// Checks the answer to case `name`; returns what it delivers to the watcher, if
+/// anything.
+async fn expect_answer(bad: &mut Client, name: &str, expect: Expect) -> Option<Value> {
+    match expect {
+        Expect::Error(id, code) => {
+            let r = bad
+                .next_frame(Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|| panic!("{name}: no error reply"));
+            assert_eq!(r["type"], "reply", "{name}: {r}");
+            assert_eq!(r["id"], id, "{name}: {r}");
+            assert!(
+                r.get("id").is_some(),
+                "{name}: the reply has no id member: {r}"
+            );
+            assert_eq!(r["error"]["code"], code, "{name}: {r}");
+            assert!(r["error"]["message"].is_string(), "{name}: {r}");
+            assert!(r.get("result").is_none(), "{name}: {r}");
+            None
+        }
+        Expect::Ok(id, result) => {
+            let r = bad
+                .next_frame(Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|| panic!("{name}: no reply"));
+            assert_eq!(
+                r,
+                json!({"type": "reply", "id": id, "result": result}),
+                "{name}"
+            );
+            None
+        }
+        Expect::Nothing => None,
+        Expect::NothingButDelivered(data) => Some(data),
+    }
+}
+
+/// The connection is still usable, and nothing else was answered: the very next frame
+/// is the reply to a ping.
+async fn expect_only_the_next_ping_answered(bad: &mut Client, name: &str, ping_id: u64) {
+    bad.send_text(&json!({"id": ping_id, "op": "ping"}).to_string())
+        .await;
+    let r = bad
+        .next_frame(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|| panic!("{name}: no reply to the ping after it"));
+    assert_eq!(
+        r,
+        json!({"type": "reply", "id": ping_id, "result": {}}),
+        "{name}: expected only the ping reply"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_gets_documented_answers_redis() {
+async fn non_object_frames_answer_bad_request_with_null_id_memory() {
+    each_case_gets_its_answer(None, non_object_frames()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_object_frames_answer_bad_request_with_null_id_redis() {
     let redis = Redis::start();
-    bad_input_gets_documented_answers(Some(&redis)).await;
+    each_case_gets_its_answer(Some(&redis), non_object_frames()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_ops_and_missing_members_answer_bad_request_with_the_id_memory() {
+    each_case_gets_its_answer(None, bad_ops_and_missing_members()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_ops_and_missing_members_answer_bad_request_with_the_id_redis() {
+    let redis = Redis::start();
+    each_case_gets_its_answer(Some(&redis), bad_ops_and_missing_members()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_channel_names_answer_bad_request_with_the_id_memory() {
+    each_case_gets_its_answer(None, bad_channel_names()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_channel_names_answer_bad_request_with_the_id_redis() {
+    let redis = Redis::start();
+    each_case_gets_its_answer(Some(&redis), bad_channel_names()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_outside_the_safe_integers_answer_bad_request_with_null_id_memory() {
+    each_case_gets_its_answer(None, ids_outside_the_safe_integers()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_outside_the_safe_integers_answer_bad_request_with_null_id_redis() {
+    let redis = Redis::start();
+    each_case_gets_its_answer(Some(&redis), ids_outside_the_safe_integers()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_without_id_get_errors_with_null_id_and_no_success_reply_memory() {
+    each_case_gets_its_answer(None, frames_without_id()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_without_id_get_errors_with_null_id_and_no_success_reply_redis() {
+    let redis = Redis::start();
+    each_case_gets_its_answer(Some(&redis), frames_without_id()).await;
 }
 
 // ---- oversized frames -----------------------------------------------------------------
