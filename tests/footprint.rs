@@ -1,6 +1,6 @@
 //! A node's fixed memory: what connecting to Redis costs before any client arrives.
 //! fred preallocates every slot of its event channels, so a careless capacity costs a
-//! node tens of megabytes (src/backplane/redis.rs, `PUBSUB_CAPACITY`).
+//! node tens of megabytes (src/backplane/redis/clients.rs, `PUBSUB_CAPACITY`).
 
 mod support;
 
