@@ -18,6 +18,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -614,16 +615,27 @@ async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool, what: impl Fn
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rolling_restart_keeps_every_client_and_every_offset() {
-    let t0 = *T0.get_or_init(Instant::now);
-    let redis = Redis::start();
-    let fleet = Fleet::new(&redis);
+// ---------------------------------------------------------------------------------
+// The scenario, step by step.
+
+/// The node id of pod `i`: n1, n2, ...
+fn node_id(i: usize) -> String {
+    format!("n{}", i + 1)
+}
+
+/// The pods: the address each one serves on and the process serving there now.
+struct Pods {
+    addrs: Vec<SocketAddr>,
+    nodes: Vec<NodeProcess>,
+}
+
+/// Starts the `NODES` herald processes on distinct free ports and the balancer in front
+/// of them; returns once every node is ready and the balancer sees it so.
+async fn start_pods_and_balancer(fleet: &Fleet, t0: Instant) -> (Pods, Balancer) {
     let addrs: Vec<SocketAddr> = free_ports(NODES)
         .into_iter()
         .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
         .collect();
-    let node_id = |i: usize| format!("n{}", i + 1);
     let mut nodes: Vec<NodeProcess> = (0..NODES)
         .map(|i| fleet.spawn(addrs[i], &node_id(i)))
         .collect();
@@ -638,82 +650,183 @@ async fn rolling_restart_keeps_every_client_and_every_offset() {
         "rollout: redis, {NODES} nodes and the balancer up after {}",
         ms(t0.elapsed())
     );
+    (Pods { addrs, nodes }, lb)
+}
 
-    // Publisher first: clients connect while messages flow.
-    let stop_publishing = CancellationToken::new();
-    let pub_logs: Vec<Arc<Mutex<PublishLog>>> = (0..CHANNELS)
-        .map(|_| Arc::new(Mutex::new(PublishLog::default())))
-        .collect();
-    let publishers: Vec<JoinHandle<()>> = (0..CHANNELS)
-        .map(|ch| {
-            tokio::spawn(run_publisher(
-                ch,
-                lb.addr,
-                pub_logs[ch].clone(),
-                stop_publishing.clone(),
-            ))
-        })
-        .collect();
+/// One publisher per channel, publishing through the balancer until stopped.
+struct Publishers {
+    logs: Vec<Arc<Mutex<PublishLog>>>,
+    tasks: Vec<JoinHandle<()>>,
+    stop: CancellationToken,
+}
 
-    let stop_clients = CancellationToken::new();
-    let logs: Vec<Arc<Mutex<ClientLog>>> = (0..CLIENTS)
-        .map(|i| {
-            Arc::new(Mutex::new(ClientLog {
-                channel: i % CHANNELS,
-                ..ClientLog::default()
-            }))
-        })
-        .collect();
-    let clients: Vec<JoinHandle<()>> = (0..CLIENTS)
-        .map(|i| {
-            tokio::spawn(run_client(
-                i,
-                lb.addr,
-                logs[i].clone(),
-                stop_clients.clone(),
-            ))
-        })
-        .collect();
-    let subscribed_count = || logs.iter().filter(|l| l.lock().unwrap().subscribed).count();
-    wait_for(
-        Duration::from_secs(30),
-        || subscribed_count() == CLIENTS,
-        || {
-            format!(
-                "only {} of {CLIENTS} clients subscribed",
-                subscribed_count()
-            )
-        },
-    )
-    .await;
-    // Traffic flows to everyone before the rollout starts.
-    let min_received = || {
-        logs.iter()
-            .map(|l| l.lock().unwrap().offsets.len())
-            .min()
-            .unwrap_or(0)
-    };
-    wait_for(
-        BOUND,
-        || min_received() >= 5,
-        || format!("a client received only {} messages", min_received()),
-    )
-    .await;
-    eprintln!(
-        "rollout: {CLIENTS} clients subscribed and receiving after {}",
-        ms(t0.elapsed())
-    );
+impl Publishers {
+    /// Starts publishing to every channel through the balancer at `lb`.
+    fn start(lb: SocketAddr) -> Publishers {
+        let stop = CancellationToken::new();
+        let logs: Vec<Arc<Mutex<PublishLog>>> = (0..CHANNELS)
+            .map(|_| Arc::new(Mutex::new(PublishLog::default())))
+            .collect();
+        let tasks: Vec<JoinHandle<()>> = (0..CHANNELS)
+            .map(|ch| tokio::spawn(run_publisher(ch, lb, logs[ch].clone(), stop.clone())))
+            .collect();
+        Publishers { logs, tasks, stop }
+    }
 
-    // The rollout, one pod at a time.
+    /// Stops the publishers, waits for each (a publish in retry may take
+    /// `PUBLISH_RETRY_FOR`) and returns what each channel's publisher recorded.
+    async fn stop(self) -> Vec<PublishLog> {
+        self.stop.cancel();
+        for p in self.tasks {
+            tokio::time::timeout(PUBLISH_RETRY_FOR + BOUND, p)
+                .await
+                .expect("publisher stops")
+                .expect("publisher task");
+        }
+        self.logs
+            .iter()
+            .map(|l| std::mem::take(&mut *l.lock().unwrap()))
+            .collect()
+    }
+}
+
+/// The `CLIENTS` clients, running, and what each records.
+struct Clients {
+    logs: Vec<Arc<Mutex<ClientLog>>>,
+    tasks: Vec<JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl Clients {
+    /// Starts every client, through the balancer at `lb`; client `i` follows channel
+    /// `i % CHANNELS`.
+    fn start(lb: SocketAddr) -> Clients {
+        let stop = CancellationToken::new();
+        let logs: Vec<Arc<Mutex<ClientLog>>> = (0..CLIENTS)
+            .map(|i| {
+                Arc::new(Mutex::new(ClientLog {
+                    channel: i % CHANNELS,
+                    ..ClientLog::default()
+                }))
+            })
+            .collect();
+        let tasks: Vec<JoinHandle<()>> = (0..CLIENTS)
+            .map(|i| tokio::spawn(run_client(i, lb, logs[i].clone(), stop.clone())))
+            .collect();
+        Clients { logs, tasks, stop }
+    }
+
+    /// How many clients are connected and subscribed right now.
+    fn subscribed_count(&self) -> usize {
+        self.logs
+            .iter()
+            .filter(|l| l.lock().unwrap().subscribed)
+            .count()
+    }
+
+    /// Waits until every client is subscribed and has received a few messages: traffic
+    /// flows to everyone before the rollout starts.
+    async fn wait_all_receiving(&self, t0: Instant) {
+        wait_for(
+            Duration::from_secs(30),
+            || self.subscribed_count() == CLIENTS,
+            || {
+                format!(
+                    "only {} of {CLIENTS} clients subscribed",
+                    self.subscribed_count()
+                )
+            },
+        )
+        .await;
+        let min_received = || {
+            self.logs
+                .iter()
+                .map(|l| l.lock().unwrap().offsets.len())
+                .min()
+                .unwrap_or(0)
+        };
+        wait_for(
+            BOUND,
+            || min_received() >= 5,
+            || format!("a client received only {} messages", min_received()),
+        )
+        .await;
+        eprintln!(
+            "rollout: {CLIENTS} clients subscribed and receiving after {}",
+            ms(t0.elapsed())
+        );
+    }
+
+    /// Waits until every client is subscribed and has seen the last published offset of
+    /// its channel.
+    async fn wait_caught_up(&self, last_published: &[u64]) {
+        let lagging = || {
+            self.logs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| {
+                    let l = l.lock().unwrap();
+                    (!l.subscribed || l.last != last_published[l.channel]).then(|| {
+                        format!(
+                            "client {i} (live:{}, subscribed {}, last {} of {})",
+                            l.channel, l.subscribed, l.last, last_published[l.channel]
+                        )
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+        wait_for(
+            Duration::from_secs(20),
+            || lagging().is_empty(),
+            || {
+                let lag = lagging();
+                format!(
+                    "{} clients did not catch up, e.g. {:?}",
+                    lag.len(),
+                    &lag[..lag.len().min(10)]
+                )
+            },
+        )
+        .await;
+    }
+
+    /// Stops the clients, waits for each and returns what each recorded.
+    async fn stop(self) -> Vec<ClientLog> {
+        self.stop.cancel();
+        for c in self.tasks {
+            tokio::time::timeout(BOUND, c)
+                .await
+                .expect("client stops")
+                .expect("client task");
+        }
+        self.logs
+            .iter()
+            .map(|l| std::mem::take(&mut *l.lock().unwrap()))
+            .collect()
+    }
+}
+
+/// The rollout, one pod at a time (maxUnavailable = 1): SIGTERM, the balancer stops
+/// routing to it, it exits 0 after the drain, a new process takes its port and node id,
+/// and the next pod goes a second after the replacement is ready. Returns when the
+/// rollout started and ended.
+async fn rolling_restart(
+    fleet: &Fleet,
+    pods: &mut Pods,
+    lb: &Balancer,
+    clients: &Clients,
+) -> RangeInclusive<Instant> {
     let rollout_start = Instant::now();
     for i in 0..NODES {
         let signalled = Instant::now();
-        nodes[i].signal("-TERM");
+        pods.nodes[i].signal("-TERM");
         lb.wait_ready(i, false).await;
         // Drain period plus a margin: after the drain the node closes its two Redis
         // connections, which alone took up to 1.7 s each in a debug build on a loaded
         // 2-core machine (tests/drain.rs checks + 3 s with fewer clients).
-        let code = nodes[i].exit_code(DRAIN + Duration::from_secs(5)).await;
+        let code = pods.nodes[i]
+            .exit_code(DRAIN + Duration::from_secs(5))
+            .await;
         let exited_after = signalled.elapsed();
         assert_eq!(
             code,
@@ -721,9 +834,9 @@ async fn rolling_restart_keeps_every_client_and_every_offset() {
             "node {} must exit 0 within drain period + 5 s (after {exited_after:?})",
             node_id(i)
         );
-        let connected_elsewhere = subscribed_count();
-        nodes[i] = fleet.spawn(addrs[i], &node_id(i));
-        nodes[i].wait_ready().await;
+        let connected_elsewhere = clients.subscribed_count();
+        pods.nodes[i] = fleet.spawn(pods.addrs[i], &node_id(i));
+        pods.nodes[i].wait_ready().await;
         let ready_after = signalled.elapsed();
         lb.wait_ready(i, true).await;
         eprintln!(
@@ -736,105 +849,133 @@ async fn rolling_restart_keeps_every_client_and_every_offset() {
         // Like minReadySeconds: the new pod serves a while before the next one goes.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let rollout_end = Instant::now();
-    let rollout_time = rollout_end - rollout_start;
+    rollout_start..=Instant::now()
+}
 
-    stop_publishing.cancel();
-    for p in publishers {
-        tokio::time::timeout(PUBLISH_RETRY_FOR + BOUND, p)
-            .await
-            .expect("publisher stops")
-            .expect("publisher task");
-    }
-    let pubs: Vec<PublishLog> = pub_logs
-        .iter()
-        .map(|l| std::mem::take(&mut *l.lock().unwrap()))
-        .collect();
-    let last_published: Vec<u64> = pubs
-        .iter()
-        .map(|p| p.answered.iter().map(|a| a.0).max().unwrap_or(0))
-        .collect();
+/// What the publishers did, over all channels.
+struct Published {
+    /// Per channel, the highest offset a publish was answered.
+    last: Vec<u64>,
+    total: usize,
+    /// Publishes answered while the rollout ran.
+    during_rollout: usize,
+    /// Retries by reason, summed over the channels.
+    retries: BTreeMap<String, u32>,
+}
 
-    // Everyone catches up with the last published offset of its channel.
-    let lagging = || {
-        logs.iter()
-            .enumerate()
-            .filter_map(|(i, l)| {
-                let l = l.lock().unwrap();
-                (!l.subscribed || l.last != last_published[l.channel]).then(|| {
-                    format!(
-                        "client {i} (live:{}, subscribed {}, last {} of {})",
-                        l.channel, l.subscribed, l.last, last_published[l.channel]
-                    )
-                })
-            })
-            .collect::<Vec<_>>()
-    };
-    wait_for(
-        Duration::from_secs(20),
-        || lagging().is_empty(),
-        || {
-            let lag = lagging();
-            format!(
-                "{} clients did not catch up, e.g. {:?}",
-                lag.len(),
-                &lag[..lag.len().min(10)]
-            )
-        },
-    )
-    .await;
-    let connected_at_end = subscribed_count();
-    stop_clients.cancel();
-    for c in clients {
-        tokio::time::timeout(BOUND, c)
-            .await
-            .expect("client stops")
-            .expect("client task");
-    }
-    let logs: Vec<ClientLog> = logs
-        .iter()
-        .map(|l| std::mem::take(&mut *l.lock().unwrap()))
-        .collect();
-
-    // ---- Report.
-    let total_published: usize = pubs.iter().map(|p| p.answered.len()).sum();
-    let during_rollout: usize = pubs
-        .iter()
-        .flat_map(|p| &p.answered)
-        .filter(|(_, at)| *at >= rollout_start && *at <= rollout_end)
-        .count();
-    let mut retries: BTreeMap<String, u32> = BTreeMap::new();
-    for p in &pubs {
-        for (k, v) in &p.retries {
-            *retries.entry(k.clone()).or_default() += v;
+impl Published {
+    /// Sums up what the publishers recorded; `rollout` is when the rollout ran.
+    fn of(pubs: &[PublishLog], rollout: &RangeInclusive<Instant>) -> Published {
+        let last: Vec<u64> = pubs
+            .iter()
+            .map(|p| p.answered.iter().map(|a| a.0).max().unwrap_or(0))
+            .collect();
+        let total: usize = pubs.iter().map(|p| p.answered.len()).sum();
+        let during_rollout: usize = pubs
+            .iter()
+            .flat_map(|p| &p.answered)
+            .filter(|(_, at)| rollout.contains(at))
+            .count();
+        let mut retries: BTreeMap<String, u32> = BTreeMap::new();
+        for p in pubs {
+            for (k, v) in &p.retries {
+                *retries.entry(k.clone()).or_default() += v;
+            }
+        }
+        Published {
+            last,
+            total,
+            during_rollout,
+            retries,
         }
     }
-    let mut closes: BTreeMap<String, usize> = BTreeMap::new();
-    let mut refused: BTreeMap<u16, u32> = BTreeMap::new();
-    let mut times: Vec<Duration> = Vec::new();
-    let (mut recoveries, mut connect_errors, mut subscribe_errors) = (0, 0, 0);
-    for l in &logs {
-        for c in &l.closes {
-            let k = c.map_or("no close frame".to_string(), |c| c.to_string());
-            *closes.entry(k).or_default() += 1;
+}
+
+/// What the clients saw, over all clients.
+struct Seen {
+    /// Clients connected and subscribed when everyone had caught up.
+    connected_at_end: usize,
+    /// Clients that reconnected at least once.
+    reconnected: usize,
+    /// Connections ended, by close code ("no close frame" without one).
+    closes: BTreeMap<String, usize>,
+    refused: BTreeMap<u16, u32>,
+    /// Every reconnect time, sorted.
+    times: Vec<Duration>,
+    /// Re-subscribes answered with `recovered: true`.
+    recoveries: usize,
+    connect_errors: u32,
+    subscribe_errors: usize,
+}
+
+impl Seen {
+    /// Sums up what the clients recorded; `connected_at_end` is counted before they stop.
+    fn of(logs: &[ClientLog], connected_at_end: usize) -> Seen {
+        let mut closes: BTreeMap<String, usize> = BTreeMap::new();
+        let mut refused: BTreeMap<u16, u32> = BTreeMap::new();
+        let mut times: Vec<Duration> = Vec::new();
+        let (mut recoveries, mut connect_errors, mut subscribe_errors) = (0, 0, 0);
+        for l in logs {
+            for c in &l.closes {
+                let k = c.map_or("no close frame".to_string(), |c| c.to_string());
+                *closes.entry(k).or_default() += 1;
+            }
+            for (k, v) in &l.refused {
+                *refused.entry(*k).or_default() += v;
+            }
+            times.extend(&l.reconnect_times);
+            recoveries += l.recovered.iter().filter(|r| **r == Some(true)).count();
+            connect_errors += l.connect_errors;
+            subscribe_errors += l.subscribe_errors.len();
         }
-        for (k, v) in &l.refused {
-            *refused.entry(*k).or_default() += v;
+        times.sort();
+        let reconnected = logs.iter().filter(|l| !l.closes.is_empty()).count();
+        Seen {
+            connected_at_end,
+            reconnected,
+            closes,
+            refused,
+            times,
+            recoveries,
+            connect_errors,
+            subscribe_errors,
         }
-        times.extend(&l.reconnect_times);
-        recoveries += l.recovered.iter().filter(|r| **r == Some(true)).count();
-        connect_errors += l.connect_errors;
-        subscribe_errors += l.subscribe_errors.len();
     }
-    times.sort();
-    let reconnected = logs.iter().filter(|l| !l.closes.is_empty()).count();
+}
+
+/// Prints the run's numbers: the rollout, the publishes, the clients' closes, refusals
+/// and reconnect times.
+fn report(
+    published: &Published,
+    seen: &Seen,
+    rollout: &RangeInclusive<Instant>,
+    lb: &Balancer,
+    t0: Instant,
+) {
+    let rollout_time = *rollout.end() - *rollout.start();
+    let Published {
+        total: total_published,
+        during_rollout,
+        retries,
+        ..
+    } = published;
+    let Seen {
+        connected_at_end,
+        reconnected,
+        closes,
+        refused,
+        times,
+        recoveries,
+        connect_errors,
+        subscribe_errors,
+    } = seen;
     eprintln!("rollout: --- report ---");
     eprintln!(
         "rollout: rollout of {NODES} nodes took {}; {total_published} messages published \
          on {CHANNELS} channels ({during_rollout} during the rollout, {:.0}/s); publish \
          retries {retries:?}",
         ms(rollout_time),
-        during_rollout as f64 / rollout_time.as_secs_f64()
+        *during_rollout as f64 / rollout_time.as_secs_f64()
     );
     eprintln!(
         "rollout: {connected_at_end}/{CLIENTS} clients connected at the end; {reconnected} \
@@ -852,54 +993,91 @@ async fn rolling_restart_keeps_every_client_and_every_offset() {
              p99={} max={}",
             times.len(),
             ms(times[0]),
-            ms(percentile(&times, 0.5)),
-            ms(percentile(&times, 0.9)),
-            ms(percentile(&times, 0.99)),
+            ms(percentile(times, 0.5)),
+            ms(percentile(times, 0.9)),
+            ms(percentile(times, 0.99)),
             ms(times[times.len() - 1]),
         );
     }
     eprintln!("rollout: total run time {}", ms(t0.elapsed()));
+}
 
-    // Exactly once, per client: what was missing, duplicated or out of range.
-    let mut missing_total = 0usize;
-    let mut duplicates_total = 0usize;
-    let mut bad_clients: Vec<String> = Vec::new();
-    for (i, l) in logs.iter().enumerate() {
-        let Some(first) = l.first_offset.map(|o| o + 1) else {
-            bad_clients.push(format!("client {i}: never subscribed"));
-            continue;
-        };
-        let last = last_published[l.channel];
-        let mut seen = std::collections::HashSet::new();
-        let duplicates = l.offsets.iter().filter(|o| !seen.insert(**o)).count();
-        let missing: Vec<u64> = (first..=last).filter(|o| !seen.contains(o)).collect();
-        let outside = l
-            .offsets
-            .iter()
-            .filter(|o| **o < first || **o > last)
-            .count();
-        missing_total += missing.len();
-        duplicates_total += duplicates;
-        if !missing.is_empty() || duplicates > 0 || outside > 0 || !l.anomalies.is_empty() {
-            bad_clients.push(format!(
-                "client {i} (live:{}, offsets {first}..={last}): missing {:?}, {duplicates} \
-                 duplicates, {outside} outside the range; {:?}",
-                l.channel,
-                &missing[..missing.len().min(10)],
-                &l.anomalies[..l.anomalies.len().min(3)],
-            ));
+/// Exactly once, per client: what was missing, duplicated or out of range.
+struct ExactlyOnce {
+    missing_total: usize,
+    duplicates_total: usize,
+    /// One line per client that did not get every offset of its channel exactly once.
+    bad_clients: Vec<String>,
+}
+
+impl ExactlyOnce {
+    /// Checks each client's offsets against `first_offset + 1 ..= last_published` of its
+    /// channel, and prints the result (with the first bad clients).
+    fn check(logs: &[ClientLog], last_published: &[u64]) -> ExactlyOnce {
+        let mut missing_total = 0usize;
+        let mut duplicates_total = 0usize;
+        let mut bad_clients: Vec<String> = Vec::new();
+        for (i, l) in logs.iter().enumerate() {
+            let Some(first) = l.first_offset.map(|o| o + 1) else {
+                bad_clients.push(format!("client {i}: never subscribed"));
+                continue;
+            };
+            let last = last_published[l.channel];
+            let mut seen = std::collections::HashSet::new();
+            let duplicates = l.offsets.iter().filter(|o| !seen.insert(**o)).count();
+            let missing: Vec<u64> = (first..=last).filter(|o| !seen.contains(o)).collect();
+            let outside = l
+                .offsets
+                .iter()
+                .filter(|o| **o < first || **o > last)
+                .count();
+            missing_total += missing.len();
+            duplicates_total += duplicates;
+            if !missing.is_empty() || duplicates > 0 || outside > 0 || !l.anomalies.is_empty() {
+                bad_clients.push(format!(
+                    "client {i} (live:{}, offsets {first}..={last}): missing {:?}, {duplicates} \
+                     duplicates, {outside} outside the range; {:?}",
+                    l.channel,
+                    &missing[..missing.len().min(10)],
+                    &l.anomalies[..l.anomalies.len().min(3)],
+                ));
+            }
+        }
+        eprintln!(
+            "rollout: exactly once: {} of {CLIENTS} clients got every offset once; {missing_total} \
+             offsets missing, {duplicates_total} duplicates in total",
+            CLIENTS - bad_clients.len()
+        );
+        for b in bad_clients.iter().take(10) {
+            eprintln!("rollout:   {b}");
+        }
+        ExactlyOnce {
+            missing_total,
+            duplicates_total,
+            bad_clients,
         }
     }
-    eprintln!(
-        "rollout: exactly once: {} of {CLIENTS} clients got every offset once; {missing_total} \
-         offsets missing, {duplicates_total} duplicates in total",
-        CLIENTS - bad_clients.len()
-    );
-    for b in bad_clients.iter().take(10) {
-        eprintln!("rollout:   {b}");
-    }
 
-    // ---- Assertions.
+    /// Every client got every offset of its channel exactly once.
+    fn assert_every_client(&self) {
+        let ExactlyOnce {
+            missing_total,
+            duplicates_total,
+            bad_clients,
+        } = self;
+        assert!(
+            bad_clients.is_empty(),
+            "{} clients did not get every offset exactly once ({missing_total} missing, \
+             {duplicates_total} duplicates), e.g. {}",
+            bad_clients.len(),
+            bad_clients[0]
+        );
+    }
+}
+
+/// Every publish was accepted, each once, and enough of them during the rollout for the
+/// test to prove something.
+fn assert_publishes(pubs: &[PublishLog], published: &Published) {
     for (ch, p) in pubs.iter().enumerate() {
         assert!(
             p.failures.is_empty(),
@@ -917,18 +1095,27 @@ async fn rolling_restart_keeps_every_client_and_every_offset() {
             offs.len()
         );
     }
+    let during_rollout = published.during_rollout;
     assert!(
         during_rollout >= 500,
         "only {during_rollout} messages published during the rollout: the test proves little"
     );
+}
+
+/// Every client is connected at the end, and every one reconnected at least once.
+fn assert_every_client_back(seen: &Seen) {
     assert_eq!(
-        connected_at_end, CLIENTS,
+        seen.connected_at_end, CLIENTS,
         "every client must be connected at the end"
     );
     assert_eq!(
-        reconnected, CLIENTS,
+        seen.reconnected, CLIENTS,
         "every client sat on an old node and must have reconnected at least once"
     );
+}
+
+/// No client was closed with 4008, and no node logged one.
+fn assert_no_4008(seen: &Seen, fleet: &Fleet) {
     // No 4008 at all. A 4008 means a slow consumer or a gap history could not fill,
     // and neither happens to healthy clients on a quiet machine. The 2 in 516 closes
     // this test used to accept were the subscribe barrier's race (issue 27.4): fred
@@ -939,7 +1126,7 @@ async fn rolling_restart_keeps_every_client_and_every_offset() {
     // from history). src/backplane/redis.rs now confirms a subscribe with a PING on
     // the subscriber connection. Measured: 18 such closes in 50 runs before, none in
     // 40 after. The nodes log each 4008 with its reason; a failure quotes those lines.
-    let clients_4008 = closes.get("4008").copied().unwrap_or(0);
+    let clients_4008 = seen.closes.get("4008").copied().unwrap_or(0);
     let nodes_4008: Vec<String> = fleet
         .closes_4008
         .lock()
@@ -953,6 +1140,11 @@ async fn rolling_restart_keeps_every_client_and_every_offset() {
          unfillable gap); the nodes logged:\n{}",
         nodes_4008.join("\n")
     );
+}
+
+/// Only draining nodes closed clients (1001), every re-subscribe recovered, and every
+/// reconnect took at most `MAX_RECONNECT`.
+fn assert_drain_closes_and_recoveries(logs: &[ClientLog], seen: &Seen) {
     for (i, l) in logs.iter().enumerate() {
         // Only draining nodes close clients.
         assert!(
@@ -966,8 +1158,9 @@ async fn rolling_restart_keeps_every_client_and_every_offset() {
             l.recovered
         );
     }
+    let times = &seen.times;
     assert_eq!(
-        recoveries,
+        seen.recoveries,
         times.len(),
         "every reconnect is a recovered re-subscribe"
     );
@@ -976,13 +1169,37 @@ async fn rolling_restart_keeps_every_client_and_every_offset() {
         "a reconnect took {:?}",
         times[times.len() - 1]
     );
-    assert!(
-        bad_clients.is_empty(),
-        "{} clients did not get every offset exactly once ({missing_total} missing, \
-         {duplicates_total} duplicates), e.g. {}",
-        bad_clients.len(),
-        bad_clients[0]
-    );
+}
+
+/// Publisher first, so clients connect while messages flow; then every client
+/// subscribes and receives, the pods are restarted one at a time, and in the end every
+/// client is back and got every offset of its channel exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_keeps_every_client_and_every_offset() {
+    let t0 = *T0.get_or_init(Instant::now);
+    let redis = Redis::start();
+    let fleet = Fleet::new(&redis);
+    let (mut pods, lb) = start_pods_and_balancer(&fleet, t0).await;
+    let publishers = Publishers::start(lb.addr);
+    let clients = Clients::start(lb.addr);
+    clients.wait_all_receiving(t0).await;
+
+    let rollout = rolling_restart(&fleet, &mut pods, &lb, &clients).await;
+
+    let pubs = publishers.stop().await;
+    let published = Published::of(&pubs, &rollout);
+    clients.wait_caught_up(&published.last).await;
+    let connected_at_end = clients.subscribed_count();
+    let logs = clients.stop().await;
+    let seen = Seen::of(&logs, connected_at_end);
+
+    report(&published, &seen, &rollout, &lb, t0);
+    let exactly_once = ExactlyOnce::check(&logs, &published.last);
+    assert_publishes(&pubs, &published);
+    assert_every_client_back(&seen);
+    assert_no_4008(&seen, &fleet);
+    assert_drain_closes_and_recoveries(&logs, &seen);
+    exactly_once.assert_every_client();
 }
 
 /// The bug the rollout runs into, on its own: a client subscribing to a durable channel
