@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use herald::config::Config;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
@@ -33,19 +33,11 @@ publish = "granted"
 "#;
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    unix_now()
 }
 
 fn hs256(claims: Value) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    sign_hs256(SECRET, &claims)
 }
 
 fn token_for(user: &str, secs: u64) -> String {
@@ -54,21 +46,6 @@ fn token_for(user: &str, secs: u64) -> String {
 
 fn secured() -> Config {
     config_from_toml(None, "sec", RULES)
-}
-
-async fn upgrade_status(addr: std::net::SocketAddr, query: &str, origin: Option<&str>) -> u16 {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = format!("ws://{addr}/ws{query}")
-        .into_client_request()
-        .unwrap();
-    if let Some(o) = origin {
-        req.headers_mut().insert("origin", o.parse().unwrap());
-    }
-    match tokio_tungstenite::connect_async(req).await {
-        Ok(_) => 101,
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
-        Err(e) => panic!("{e}"),
-    }
 }
 
 async fn api_publish(addr: std::net::SocketAddr, key: Option<&str>, body: Value) -> u16 {

@@ -706,3 +706,40 @@ where
     }
     false
 }
+
+/// Seconds since the Unix epoch, for token claims.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs()
+}
+
+/// A token with `claims`, signed HS256 with `secret`.
+pub fn sign_hs256(secret: &str, claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("a signable token")
+}
+
+/// The HTTP status a WebSocket upgrade at `/ws{query}` gets (101 when it succeeds),
+/// with an `Origin` header when given.
+pub async fn upgrade_status(addr: SocketAddr, query: &str, origin: Option<&str>) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{addr}/ws{query}")
+        .into_client_request()
+        .expect("a valid upgrade request");
+    if let Some(o) = origin {
+        req.headers_mut()
+            .insert("origin", o.parse().expect("a valid Origin header"));
+    }
+    let upgrade = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req)).await;
+    match upgrade.expect("the upgrade is answered in time") {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+        Err(e) => panic!("upgrade failed without an HTTP answer: {e}"),
+    }
+}
