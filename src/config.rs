@@ -69,11 +69,38 @@ pub struct AuthConfig {
     pub allowed_origins: Vec<String>,
 }
 
+/// `[redis]`'s TLS keys (docs/CONFIG.md "Redis over TLS"). Only the paths and the
+/// name: the Redis engine reads and checks the files as the node builds it.
+#[derive(Debug, Clone, Default)]
+pub struct RedisTlsConfig {
+    /// PEM certificates trusted besides the system's roots (`redis.tls_ca_file`).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain for mutual TLS (`redis.tls_cert_file`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate (`redis.tls_key_file`).
+    pub key_file: Option<PathBuf>,
+    /// The name checked in the server's certificate instead of the URL's host
+    /// (`redis.tls_server_name`).
+    pub server_name: Option<String>,
+}
+
+impl RedisTlsConfig {
+    /// Whether any TLS key is set.
+    pub fn is_set(&self) -> bool {
+        self.ca_file.is_some()
+            || self.cert_file.is_some()
+            || self.key_file.is_some()
+            || self.server_name.is_some()
+    }
+}
+
 /// The resolved configuration of one node.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub redis_url: Option<String>,
+    /// TLS settings of the Redis connections (`rediss://` URLs only).
+    pub redis_tls: RedisTlsConfig,
     pub node_id: String,
     pub drain_period: Duration,
     pub ping_interval: Duration,
@@ -101,6 +128,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             redis_url: None,
+            redis_tls: RedisTlsConfig::default(),
             node_id: default_node_id(),
             drain_period: Duration::from_secs(10),
             ping_interval: Duration::from_secs(25),

@@ -21,7 +21,7 @@ use tower_http::timeout::TimeoutLayer;
 use crate::api;
 use crate::backplane::Backplane;
 use crate::backplane::memory::MemoryBackplane;
-use crate::backplane::redis::{RedisBackplane, RedisOptions};
+use crate::backplane::redis::{RedisBackplane, RedisOptions, RedisTls, TlsFiles};
 use crate::config::Config;
 use crate::connection::rate::ConnectionRate;
 use crate::gaps;
@@ -172,10 +172,24 @@ fn start_backplane(
     let Some(url) = &config.redis_url else {
         return Ok((Arc::new(MemoryBackplane::new(inbound)), None));
     };
+    // The engine reads its TLS files; one it cannot use is a configuration error.
+    let t = &config.redis_tls;
+    let tls = RedisTls::load(TlsFiles {
+        ca_file: t.ca_file.as_deref(),
+        cert_file: t.cert_file.as_deref(),
+        key_file: t.key_file.as_deref(),
+        server_name: t.server_name.as_deref(),
+    })
+    .map_err(|e| crate::config::ConfigError {
+        source_name: "config".into(),
+        key: e.key.into(),
+        reason: e.reason,
+    })?;
     let options = RedisOptions {
         url,
         prefix: &config.prefix,
         max_frame_bytes: config.limits.backplane_frame_bytes(),
+        tls: tls.as_ref(),
     };
     let redis = RedisBackplane::start(options, inbound, metrics.clone(), shutdown.clone())?;
     Ok((redis.clone(), Some(redis)))

@@ -15,7 +15,7 @@
 //! by handing each call to the file that owns it: `keys` (key names), `clients`
 //! (building the two fred clients), `reader` (the pub/sub reader task), `link` (the
 //! link watcher), `publish`, `history` and `presence` (their commands and scripts),
-//! `reply` (errors and reply values).
+//! `reply` (errors and reply values), `tls` (the TLS settings of `rediss://`).
 
 mod clients;
 mod history;
@@ -25,6 +25,7 @@ mod presence;
 mod publish;
 mod reader;
 mod reply;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +50,7 @@ use publish::Publisher;
 use reply::map_err;
 
 pub use keys::Keys;
+pub use tls::{RedisTls, TlsError, TlsFiles};
 
 /// Channels per SUBSCRIBE command when re-subscribing in bulk.
 const SUBSCRIBE_CHUNK: usize = 500;
@@ -68,6 +70,9 @@ pub struct RedisOptions<'a> {
     pub prefix: &'a str,
     /// Pub/sub payloads above this are dropped unread (`limits.max_backplane_frame_bytes`).
     pub max_frame_bytes: usize,
+    /// The TLS settings of a `rediss://` URL ([`RedisTls::load`]); None: fred's own
+    /// (the system's roots).
+    pub tls: Option<&'a RedisTls>,
 }
 
 pub struct RedisBackplane {
@@ -90,7 +95,7 @@ impl RedisBackplane {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, BackplaneError> {
-        let (client, subscriber) = clients::build(options.url)?;
+        let (client, subscriber) = clients::build(options.url, options.tls)?;
         let this = Arc::new(Self::new(client, subscriber, Keys::new(options.prefix)));
         this.connect(options.max_frame_bytes, inbound, metrics, shutdown);
         Ok(this)

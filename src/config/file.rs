@@ -54,6 +54,10 @@ pub(super) struct ServerSection {
 pub(super) struct RedisSection {
     pub(super) url: Option<String>,
     pub(super) prefix: Option<String>,
+    pub(super) tls_ca_file: Option<PathBuf>,
+    pub(super) tls_cert_file: Option<PathBuf>,
+    pub(super) tls_key_file: Option<PathBuf>,
+    pub(super) tls_server_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

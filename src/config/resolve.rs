@@ -14,7 +14,7 @@ use super::duration::{parse_duration, positive};
 use super::file::{AuthSection, FileConfig, RedisSection, ServerSection};
 use super::limits::check_limits;
 use super::namespace::resolve_namespaces;
-use super::{AuthConfig, Config, ConfigError, Flags, Limits, LogFormat, SecretEnv};
+use super::{AuthConfig, Config, ConfigError, Flags, Limits, LogFormat, RedisTlsConfig, SecretEnv};
 
 /// A value chosen by precedence, with where it came from and under which key, for the
 /// error it may cause.
@@ -203,6 +203,62 @@ impl Config {
         if let Some(v) = prefix {
             self.prefix = check_prefix(&v)?;
         }
+        self.resolve_redis_tls(s, f)
+    }
+
+    /// The TLS keys of `[redis]` (file only): a client certificate needs its key and
+    /// the other way round, and every key needs a `rediss://` URL. The files are read
+    /// by the Redis engine as the node builds it.
+    fn resolve_redis_tls(&mut self, s: &RedisSection, f: &str) -> Result<(), ConfigError> {
+        let tls = RedisTlsConfig {
+            ca_file: s.tls_ca_file.clone(),
+            cert_file: s.tls_cert_file.clone(),
+            key_file: s.tls_key_file.clone(),
+            server_name: s.tls_server_name.clone(),
+        };
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    f,
+                    "redis.tls_key_file",
+                    "redis.tls_cert_file needs its private key in redis.tls_key_file",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    f,
+                    "redis.tls_cert_file",
+                    "redis.tls_key_file needs its certificate in redis.tls_cert_file",
+                ));
+            }
+            _ => {}
+        }
+        if tls.server_name.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError::new(
+                f,
+                "redis.tls_server_name",
+                "must not be empty",
+            ));
+        }
+        let uses_tls = self
+            .redis_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("rediss://") || u.starts_with("rediss-cluster://"));
+        if tls.is_set() && !uses_tls {
+            let key = if tls.ca_file.is_some() {
+                "redis.tls_ca_file"
+            } else if tls.cert_file.is_some() {
+                "redis.tls_cert_file"
+            } else {
+                "redis.tls_server_name"
+            };
+            return Err(ConfigError::new(
+                f,
+                key,
+                "the TLS keys need a rediss:// (or rediss-cluster://) redis.url",
+            ));
+        }
+        self.redis_tls = tls;
         Ok(())
     }
 }
@@ -352,5 +408,35 @@ mod tests {
         };
         let cfg = Config::resolve(&Flags::default(), &env, None, "").unwrap();
         assert_eq!(cfg.auth.api_keys.len(), 2);
+    }
+
+    #[test]
+    fn redis_tls_keys_are_read_and_checked() {
+        let cfg = Config::from_toml(
+            "[redis]\nurl = \"rediss://u:p@127.0.0.1:6380\"\ntls_ca_file = \"/ca.pem\"\n\
+             tls_server_name = \"redis.internal\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.redis_tls.ca_file.as_deref(),
+            Some(std::path::Path::new("/ca.pem"))
+        );
+        assert_eq!(cfg.redis_tls.server_name.as_deref(), Some("redis.internal"));
+        let err = Config::from_toml(
+            "[redis]\nurl = \"rediss://127.0.0.1:6380\"\ntls_cert_file = \"/c.pem\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "redis.tls_key_file");
+        let err = Config::from_toml(
+            "[redis]\nurl = \"rediss://127.0.0.1:6380\"\ntls_key_file = \"/k.pem\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "redis.tls_cert_file");
+        let err = Config::from_toml(
+            "[redis]\nurl = \"redis://127.0.0.1:6379\"\ntls_ca_file = \"/ca.pem\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "redis.tls_ca_file");
+        assert!(err.to_string().contains("rediss://"), "{err}");
     }
 }

@@ -1,7 +1,8 @@
 //! The two fred clients of the Redis engine, built from the URL with the engine's
 //! timeouts, reconnection policy and queue capacities: a command client (publishes,
 //! scripts, history) and a subscriber client (pub/sub only, so a slow command never
-//! delays a message). Connecting them and watching their events is `redis.rs`'s and
+//! delays a message), both with the TLS settings of `tls.rs` on a `rediss://` URL.
+//! Connecting them and watching their events is `redis.rs`'s and
 //! `link.rs`'s.
 
 use std::time::Duration;
@@ -10,6 +11,7 @@ use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::config::{ReconnectPolicy, UnresponsiveConfig};
 
+use super::tls::RedisTls;
 use crate::error::BackplaneError;
 
 /// A command that takes longer than this fails with `Unavailable`; the publisher may
@@ -29,8 +31,11 @@ const PUBSUB_CAPACITY: usize = 16_384;
 const EVENT_CAPACITY: usize = 32;
 
 /// Builds the command client and the subscriber client of `url`, not yet connected.
-pub(super) fn build(url: &str) -> Result<(Client, SubscriberClient), BackplaneError> {
-    let mut builder = builder(url)?;
+pub(super) fn build(
+    url: &str,
+    tls: Option<&RedisTls>,
+) -> Result<(Client, SubscriberClient), BackplaneError> {
+    let mut builder = builder(url, tls)?;
     // fred preallocates every slot of each of a client's nine event channels; only
     // the subscriber's message channel needs depth, so only the subscriber gets it.
     let client = builder
@@ -44,9 +49,17 @@ pub(super) fn build(url: &str) -> Result<(Client, SubscriberClient), BackplaneEr
 }
 
 /// The settings both clients share.
-fn builder(url: &str) -> Result<Builder, BackplaneError> {
-    let config = Config::from_url(url)
+fn builder(url: &str, tls: Option<&RedisTls>) -> Result<Builder, BackplaneError> {
+    let mut config = Config::from_url(url)
         .map_err(|e| BackplaneError::Unavailable(format!("redis url: {e}")))?;
+    if let Some(tls) = tls {
+        tls.apply(&mut config);
+    }
+    // A first connection that fails (Redis not up yet, a TLS handshake refused, a
+    // wrong password) is retried under the reconnection policy like any later one,
+    // instead of stopping the client for good: the node stays unready (503) and
+    // becomes ready once Redis accepts it.
+    config.fail_fast = false;
     let mut builder = Builder::from_config(config);
     builder
         // fred's default is to never reconnect: retry forever, 100 ms to 5 s apart.
