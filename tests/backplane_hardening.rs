@@ -122,7 +122,10 @@ async fn a_flood_of_invalid_payloads_is_counted_but_logged_rarely() {
 
     // Invalid in each way the node checks: not JSON, the wrong channel, no data, and
     // one far longer reason (a huge channel member) that must not be logged whole.
-    let long_channel = "x".repeat(100_000);
+    // 10 KB: far over a log line, while the flood's 500 such payloads (5 MB) stay
+    // under Redis's pub/sub output-buffer limits (8 MB soft, 32 MB hard), which would
+    // otherwise drop the node's subscriber connection when it reads slowly.
+    let long_channel = "x".repeat(10_000);
     let payloads: Vec<Vec<u8>> = (0..FLOOD)
         .map(|i| match i % 4 {
             0 => format!("garbage {i}").into_bytes(),
