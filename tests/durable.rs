@@ -204,8 +204,21 @@ async fn redis_restart_never_leaves_a_silent_gap() {
     wait_ready(a.addr).await;
     wait_ready(b.addr).await;
     for i in 6..=10 {
-        let (s, _) = publish_http(b.addr, json!({"channel": "news:r", "data": i})).await;
-        assert_eq!(s, 200);
+        // The nodes may not have noticed the restart when `/readyz` was asked: a publish
+        // in that moment is answered 503 (nothing published, retry later, PROTOCOL §3).
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (s, body) = publish_http(b.addr, json!({"channel": "news:r", "data": i})).await;
+            if s == 200 {
+                break;
+            }
+            assert_eq!(s, 503, "{body}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "publish {i} still refused after the restart: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     // Every subscriber either sees a gap-free sequence or is closed with 4008.
     for (n, c) in subs.iter_mut().enumerate() {

@@ -16,10 +16,9 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use herald::config::{Config, RedisTlsConfig};
@@ -32,43 +31,9 @@ const OPENSSL_LIMIT: Duration = Duration::from_secs(20);
 const USER: &str = "herald";
 const PASSWORD: &str = "s3cret-pw";
 
-/// Everything the test process logs at WARN and above, as text (one subscriber per
-/// process; nextest runs each test in its own).
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_ansi(false)
-            .with_writer(move || Capture(writer.clone()))
-            .finish();
-        let _ = tracing::subscriber::set_global_default(subscriber);
-        buf
-    })
-    .clone()
-}
-
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Captured log lines that contain every one of `needles`.
 fn lines_with(logs: &Mutex<Vec<u8>>, needles: &[&str]) -> Vec<String> {
-    let text =
-        String::from_utf8_lossy(&logs.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    let text = captured_text(logs);
     text.lines()
         .filter(|l| needles.iter().all(|n| l.contains(n)))
         .map(String::from)

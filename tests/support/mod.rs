@@ -743,3 +743,45 @@ pub async fn upgrade_status(addr: SocketAddr, query: &str, origin: Option<&str>)
         Err(e) => panic!("upgrade failed without an HTTP answer: {e}"),
     }
 }
+
+/// Everything the test process logs at WARN and above, as text. One subscriber for the
+/// whole process (nextest runs each test in a process of its own; tests sharing one
+/// tell their lines apart by what they contain).
+pub fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || LogCapture(writer.clone()))
+            .finish();
+        // Fails only if another subscriber was installed first; then nothing is captured
+        // and the tests that count lines say so.
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        buf
+    })
+    .clone()
+}
+
+/// The captured logs as text.
+pub fn captured_text(logs: &std::sync::Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&logs.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+}
+
+struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
