@@ -64,7 +64,7 @@ pub const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Where the Redis engine connects and what it accepts from there.
 #[derive(Debug, Clone, Copy)]
 pub struct RedisOptions<'a> {
-    /// `redis://`, `rediss://` or `redis-cluster://` (docs/CONFIG.md).
+    /// `redis://`, `rediss://`, `redis-cluster://` or `redis-sentinel://` (docs/CONFIG.md).
     pub url: &'a str,
     /// The prefix of every key and pub/sub channel.
     pub prefix: &'a str,

@@ -292,6 +292,16 @@ fn parse_log_format(v: &Picked) -> Result<LogFormat, ConfigError> {
 }
 
 fn check_redis_url(v: &Picked) -> Result<String, ConfigError> {
+    if v.value.starts_with("rediss-sentinel://") {
+        return Err(v.error(
+            "Redis Sentinel over TLS (rediss-sentinel://) is not supported; \
+             use redis-sentinel:// on a trusted network",
+        ));
+    }
+    if v.value.starts_with("redis-sentinel://") {
+        check_sentinel_query(v)?;
+        return Ok(v.value.to_string());
+    }
     let schemes = [
         "redis://",
         "rediss://",
@@ -299,9 +309,38 @@ fn check_redis_url(v: &Picked) -> Result<String, ConfigError> {
         "rediss-cluster://",
     ];
     if !schemes.iter().any(|s| v.value.starts_with(s)) {
-        return Err(v.error("must start with redis://, rediss:// or redis-cluster://"));
+        return Err(
+            v.error("must start with redis://, rediss://, redis-cluster:// or redis-sentinel://")
+        );
     }
     Ok(v.value.to_string())
+}
+
+/// A `redis-sentinel://` URL names its master in `sentinelServiceName`. Separate
+/// sentinel credentials are refused: the sentinels get the URL's user and password,
+/// like the master and replicas.
+fn check_sentinel_query(v: &Picked) -> Result<(), ConfigError> {
+    let query = v.value.split_once('?').map_or("", |(_, q)| q);
+    let mut service = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "sentinelServiceName" if !value.is_empty() => service = true,
+            "sentinelUsername" | "sentinelPassword" => {
+                return Err(v.error(format!(
+                    "{name} is not supported: the sentinels are sent the URL's own \
+                     user and password"
+                )));
+            }
+            _ => {}
+        }
+    }
+    if !service {
+        return Err(
+            v.error("a redis-sentinel:// URL needs ?sentinelServiceName=<the master's name>")
+        );
+    }
+    Ok(())
 }
 
 fn check_prefix(v: &Picked) -> Result<String, ConfigError> {
@@ -438,5 +477,37 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.key, "redis.tls_ca_file");
         assert!(err.to_string().contains("rediss://"), "{err}");
+    }
+
+    #[test]
+    fn redis_sentinel_urls_are_checked() {
+        let url = "redis-sentinel://127.0.0.1:26379/0?sentinelServiceName=m&node=127.0.0.1:26380";
+        let cfg = Config::from_toml(&format!("[redis]\nurl = \"{url}\"\n")).unwrap();
+        assert_eq!(cfg.redis_url.as_deref(), Some(url));
+        for (bad, says) in [
+            ("redis-sentinel://127.0.0.1:26379", "sentinelServiceName"),
+            (
+                "redis-sentinel://127.0.0.1:26379?sentinelServiceName=",
+                "sentinelServiceName",
+            ),
+            (
+                "redis-sentinel://127.0.0.1:26379?sentinelServiceName=m&sentinelPassword=x",
+                "sentinelPassword is not supported",
+            ),
+            (
+                "rediss-sentinel://127.0.0.1:26379?sentinelServiceName=m",
+                "not supported",
+            ),
+        ] {
+            let err = Config::from_toml(&format!("[redis]\nurl = \"{bad}\"\n")).unwrap_err();
+            assert_eq!(err.key, "redis.url", "{bad}");
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
+        let err = Config::from_toml(
+            "[redis]\nurl = \"redis-sentinel://127.0.0.1:26379?sentinelServiceName=m\"\n\
+             tls_ca_file = \"/ca.pem\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "redis.tls_ca_file");
     }
 }
