@@ -112,7 +112,16 @@ struct Sentinels {
     primary: Proc,
     replica: Proc,
     sentinels: Vec<Proc>,
-    dir: PathBuf,
+    _dir: TempDir,
+}
+
+/// A temporary directory, removed on drop (also when the set-up fails half-way).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn server_args(dir: &Path, name: &str, port: u16) -> Vec<String> {
@@ -148,7 +157,9 @@ fn field(reply: &str, name: &str) -> Option<String> {
 
 impl Sentinels {
     fn start() -> Sentinels {
-        let dir = std::env::temp_dir().join(format!("herald-test-sentinel-{}", free_port()));
+        let guard =
+            TempDir(std::env::temp_dir().join(format!("herald-test-sentinel-{}", free_port())));
+        let dir = guard.0.clone();
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("a temporary directory");
         let primary = Proc::start("redis-server", |p| server_args(&dir, "primary", p));
@@ -213,7 +224,7 @@ impl Sentinels {
             primary,
             replica,
             sentinels,
-            dir,
+            _dir: guard,
         }
     }
 
@@ -244,7 +255,6 @@ impl Drop for Sentinels {
         }
         self.primary.kill();
         self.replica.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
