@@ -450,12 +450,7 @@ async fn a_failover_loses_nothing_on_durable_channels() {
     // Each node reconnected (a new generation: subscribed again) and still delivers
     // across nodes on the new primary.
     for node in [&a, &b] {
-        let n = metric_of(node.addr, "herald_backplane_reconnects_total").await;
-        assert!(
-            n >= 1.0,
-            "{}: herald_backplane_reconnects_total = {n}",
-            node.addr
-        );
+        assert_backplane_reconnected(node.addr).await;
     }
     delivers_across(a.addr, b.addr, "after").await;
     delivers_across(b.addr, a.addr, "after").await;

@@ -653,14 +653,35 @@ async fn start_pods_and_balancer(fleet: &Fleet, t0: Instant) -> (Pods, Balancer)
     (Pods { addrs, nodes }, lb)
 }
 
-/// One publisher per channel, publishing through the balancer until stopped.
-struct Publishers {
-    logs: Vec<Arc<Mutex<PublishLog>>>,
+/// Tasks that run until stopped, each recording into its own log: the publishers and
+/// the clients.
+struct Running<L> {
+    logs: Vec<Arc<Mutex<L>>>,
     tasks: Vec<JoinHandle<()>>,
     stop: CancellationToken,
 }
 
-impl Publishers {
+impl<L: Default> Running<L> {
+    /// Stops every task, waits up to `within` for each, and returns what each recorded.
+    async fn stop_within(self, within: Duration, what: &str) -> Vec<L> {
+        self.stop.cancel();
+        for task in self.tasks {
+            tokio::time::timeout(within, task)
+                .await
+                .unwrap_or_else(|_| panic!("{what} stops"))
+                .unwrap_or_else(|e| panic!("{what} task: {e}"));
+        }
+        self.logs
+            .iter()
+            .map(|l| std::mem::take(&mut *l.lock().unwrap()))
+            .collect()
+    }
+}
+
+/// One publisher per channel, publishing through the balancer until stopped.
+type Publishers = Running<PublishLog>;
+
+impl Running<PublishLog> {
     /// Starts publishing to every channel through the balancer at `lb`.
     fn start(lb: SocketAddr) -> Publishers {
         let stop = CancellationToken::new();
@@ -676,28 +697,15 @@ impl Publishers {
     /// Stops the publishers, waits for each (a publish in retry may take
     /// `PUBLISH_RETRY_FOR`) and returns what each channel's publisher recorded.
     async fn stop(self) -> Vec<PublishLog> {
-        self.stop.cancel();
-        for p in self.tasks {
-            tokio::time::timeout(PUBLISH_RETRY_FOR + BOUND, p)
-                .await
-                .expect("publisher stops")
-                .expect("publisher task");
-        }
-        self.logs
-            .iter()
-            .map(|l| std::mem::take(&mut *l.lock().unwrap()))
-            .collect()
+        self.stop_within(PUBLISH_RETRY_FOR + BOUND, "publisher")
+            .await
     }
 }
 
 /// The `CLIENTS` clients, running, and what each records.
-struct Clients {
-    logs: Vec<Arc<Mutex<ClientLog>>>,
-    tasks: Vec<JoinHandle<()>>,
-    stop: CancellationToken,
-}
+type Clients = Running<ClientLog>;
 
-impl Clients {
+impl Running<ClientLog> {
     /// Starts every client, through the balancer at `lb`; client `i` follows channel
     /// `i % CHANNELS`.
     fn start(lb: SocketAddr) -> Clients {
@@ -792,17 +800,7 @@ impl Clients {
 
     /// Stops the clients, waits for each and returns what each recorded.
     async fn stop(self) -> Vec<ClientLog> {
-        self.stop.cancel();
-        for c in self.tasks {
-            tokio::time::timeout(BOUND, c)
-                .await
-                .expect("client stops")
-                .expect("client task");
-        }
-        self.logs
-            .iter()
-            .map(|l| std::mem::take(&mut *l.lock().unwrap()))
-            .collect()
+        self.stop_within(BOUND, "client").await
     }
 }
 

@@ -785,3 +785,10 @@ impl std::io::Write for LogCapture {
         Ok(())
     }
 }
+
+/// The node's backplane reconnected at least once (a new generation: its channels
+/// were subscribed again).
+pub async fn assert_backplane_reconnected(addr: SocketAddr) {
+    let n = metric_of(addr, "herald_backplane_reconnects_total").await;
+    assert!(n >= 1.0, "{addr}: herald_backplane_reconnects_total = {n}");
+}
