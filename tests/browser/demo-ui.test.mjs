@@ -202,7 +202,9 @@ describe('demo page UI (stub node)', { skip: !haveChromium() && 'no Chromium at 
       window.__fake.sockets[0].serverClose(1001, 'draining');
     });
     // The page retries (backoff 250 ms doubling, full jitter): let at least four attempts fail.
-    await page.waitForFunction(() => window.__fake.sockets.length >= 5, null, { timeout: 15000 });
+    // Six sockets: the first, four that failed, and one that may still be opening when
+    // the node comes back (it may then be the one that succeeds).
+    await page.waitForFunction(() => window.__fake.sockets.length >= 6, null, { timeout: 15000 });
     assert.equal(await page.textContent('#reconnects'), '0', 'no reconnect while every attempt fails');
     await page.evaluate(() => { window.__fake.down = false; });
     await page.waitForFunction(() => window.heraldDemo.client.state === 'connected' && window.heraldDemo.subscription.active, null, { timeout: 15000 });
