@@ -94,6 +94,21 @@ impl RedisTlsConfig {
     }
 }
 
+/// Which Redis pub/sub the nodes speak (`redis.pubsub`, docs/CONFIG.md). Every node
+/// of a fleet must end up on the same one: a node on classic pub/sub does not hear a
+/// node that publishes sharded, and the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedisPubSub {
+    /// Sharded on a Redis Cluster whose servers have `SSUBSCRIBE` (Redis 7.0 and
+    /// later); classic everywhere else.
+    #[default]
+    Auto,
+    /// `SSUBSCRIBE`/`SPUBLISH`: each channel on the shard that owns its slot.
+    Sharded,
+    /// `SUBSCRIBE`/`PUBLISH`: every message goes to every server of a cluster.
+    Classic,
+}
+
 /// The resolved configuration of one node.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -101,6 +116,8 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// TLS settings of the Redis connections (`rediss://` URLs only).
     pub redis_tls: RedisTlsConfig,
+    /// Classic or sharded pub/sub (`redis.pubsub`).
+    pub redis_pubsub: RedisPubSub,
     pub node_id: String,
     pub drain_period: Duration,
     pub ping_interval: Duration,
@@ -129,6 +146,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             redis_url: None,
             redis_tls: RedisTlsConfig::default(),
+            redis_pubsub: RedisPubSub::Auto,
             node_id: default_node_id(),
             drain_period: Duration::from_secs(10),
             ping_interval: Duration::from_secs(25),

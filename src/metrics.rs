@@ -30,6 +30,14 @@ pub struct Metrics {
     pub slow_consumer_closes: Counter,
     pub backplane_reconnects: Counter,
     pub backplane_lagged: Counter,
+    /// Subscriptions made again because the cluster's slot map changed or a shard's
+    /// probe was not delivered (sharded pub/sub).
+    pub backplane_resyncs: Counter,
+    /// 1 while the engine speaks sharded pub/sub, 0 classic (or not decided yet).
+    pub backplane_sharded: Gauge,
+    /// How long the last re-subscription of every channel took (after a reconnect or
+    /// a resync), in seconds.
+    pub resubscribe_seconds: Gauge,
     pub invalid_payloads: Counter,
     pub oversized_payloads: Counter,
     pub publish_errors: Counter,
@@ -109,6 +117,21 @@ impl Metrics {
                 r,
                 "herald_backplane_lagged_total",
                 "backplane messages skipped by a lagging reader",
+            ),
+            backplane_resyncs: counter(
+                r,
+                "herald_backplane_resyncs_total",
+                "re-subscriptions after a cluster slot-map change or a failed shard probe",
+            ),
+            backplane_sharded: gauge(
+                r,
+                "herald_backplane_sharded_pubsub",
+                "1 while the node speaks sharded pub/sub (SSUBSCRIBE/SPUBLISH), else 0",
+            ),
+            resubscribe_seconds: gauge(
+                r,
+                "herald_backplane_resubscribe_seconds",
+                "how long the last re-subscription of every channel with local interest took",
             ),
             invalid_payloads: counter(
                 r,

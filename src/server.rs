@@ -76,8 +76,12 @@ impl Node {
                 return Err(e);
             }
         };
-        let subscriptions =
-            Subscriptions::new(hub.clone(), backplane.clone(), config.unsubscribe_grace);
+        let subscriptions = Subscriptions::new(
+            hub.clone(),
+            backplane.clone(),
+            config.unsubscribe_grace,
+            metrics.clone(),
+        );
         let state = Arc::new(AppState::new(
             Services {
                 config: config.clone(),
@@ -190,6 +194,7 @@ fn start_backplane(
         prefix: &config.prefix,
         max_frame_bytes: config.limits.backplane_frame_bytes(),
         tls: tls.as_ref(),
+        pubsub: config.redis_pubsub,
     };
     let redis = RedisBackplane::start(options, inbound, metrics.clone(), shutdown.clone())?;
     Ok((redis.clone(), Some(redis)))

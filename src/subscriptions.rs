@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backplane::{Backplane, Link};
 use crate::error::BackplaneError;
 use crate::hub::{Hub, SessionId, Subscriber};
+use crate::metrics::Metrics;
 
 const STRIPES: usize = 1024;
 
@@ -34,10 +35,16 @@ pub struct Subscriptions {
     /// The link generation whose subscriptions are all made again (0: none yet).
     resubscribed: AtomicU64,
     link: tokio::sync::watch::Receiver<Link>,
+    metrics: Arc<Metrics>,
 }
 
 impl Subscriptions {
-    pub fn new(hub: Arc<Hub>, backplane: Arc<dyn Backplane>, grace: Duration) -> Arc<Self> {
+    pub fn new(
+        hub: Arc<Hub>,
+        backplane: Arc<dyn Backplane>,
+        grace: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             hub,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
@@ -46,6 +53,7 @@ impl Subscriptions {
             resubscribed: AtomicU64::new(0),
             link: backplane.link(),
             backplane,
+            metrics,
         })
     }
 
@@ -121,12 +129,16 @@ impl Subscriptions {
         loop {
             let now = *link.borrow_and_update();
             if now.connected && self.resubscribed.load(Ordering::Acquire) != now.generation {
+                let started = std::time::Instant::now();
                 match self.resubscribe_all().await {
                     Ok(n) => {
                         self.resubscribed.store(now.generation, Ordering::Release);
+                        let took = started.elapsed();
+                        self.metrics.resubscribe_seconds.set(took.as_secs_f64());
                         tracing::info!(
                             channels = n,
                             generation = now.generation,
+                            took_ms = took.as_millis() as u64,
                             "backplane subscriptions in place"
                         );
                         continue;

@@ -11,11 +11,13 @@
 //! node (readiness, re-subscription, gap checks). While the link is down, publishes
 //! and subscribes fail at once with `Unavailable` instead of queueing.
 //!
-//! This file starts the engine, subscribes, and implements the [`Backplane`] contract
-//! by handing each call to the file that owns it: `keys` (key names), `clients`
-//! (building the two fred clients), `reader` (the pub/sub reader task), `link` (the
-//! link watcher), `publish`, `history` and `presence` (their commands and scripts),
-//! `reply` (errors and reply values), `tls` (the TLS settings of `rediss://`).
+//! This file starts the engine and implements the [`Backplane`] contract by handing
+//! each call to the file that owns it: `keys` (key names), `clients` (building the two
+//! fred clients), `pubsub` (classic or sharded pub/sub: subscribing and publishing),
+//! `reader` (the pub/sub reader task), `link` (the link watcher), `topology` (sharded
+//! subscriptions on a changing cluster), `publish`, `history` and `presence` (their
+//! commands and scripts), `reply` (errors and reply values), `tls` (the TLS settings
+//! of `rediss://`).
 
 mod clients;
 mod history;
@@ -23,9 +25,11 @@ mod keys;
 mod link;
 mod presence;
 mod publish;
+mod pubsub;
 mod reader;
 mod reply;
 mod tls;
+mod topology;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,25 +39,25 @@ use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{
     Backplane, Durability, History, HistoryQuery, Inbound, Link, Position, PresenceEntry,
     PublishRequest, Published,
 };
+use crate::config::RedisPubSub;
 use crate::error::BackplaneError;
 use crate::metrics::Metrics;
 use history::HistoryScript;
 use presence::Presence;
 use publish::Publisher;
-use reply::map_err;
+use pubsub::PubSub;
+use topology::Probes;
 
 pub use keys::Keys;
 pub use tls::{RedisTls, TlsError, TlsFiles};
 
-/// Channels per SUBSCRIBE command when re-subscribing in bulk.
-const SUBSCRIBE_CHUNK: usize = 500;
 /// Longest a node waits at shutdown for Redis to acknowledge `QUIT` on both
 /// connections. fred's `QUIT` first waits for every command in flight, so a Redis that
 /// hangs (or is slow under load) would otherwise hold the exit for up to a command
@@ -73,16 +77,21 @@ pub struct RedisOptions<'a> {
     /// The TLS settings of a `rediss://` URL ([`RedisTls::load`]); None: fred's own
     /// (the system's roots).
     pub tls: Option<&'a RedisTls>,
+    /// Classic or sharded pub/sub (`redis.pubsub`).
+    pub pubsub: RedisPubSub,
 }
 
 pub struct RedisBackplane {
     client: Client,
     subscriber: SubscriberClient,
     keys: Keys,
+    pubsub: Arc<PubSub>,
     publisher: Publisher,
     history: HistoryScript,
     presence: Presence,
     link: watch::Sender<Link>,
+    /// `topology.rs` asks the link watcher for a new generation through this.
+    resync: Notify,
 }
 
 impl RedisBackplane {
@@ -96,21 +105,25 @@ impl RedisBackplane {
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, BackplaneError> {
         let (client, subscriber) = clients::build(options.url, options.tls)?;
-        let this = Arc::new(Self::new(client, subscriber, Keys::new(options.prefix)));
+        let keys = Keys::new(options.prefix);
+        let this = Arc::new(Self::new(client, subscriber, keys, options.pubsub));
         this.connect(options.max_frame_bytes, inbound, metrics, shutdown);
         Ok(this)
     }
 
-    fn new(client: Client, subscriber: SubscriberClient, keys: Keys) -> Self {
+    fn new(client: Client, subscriber: SubscriberClient, keys: Keys, choice: RedisPubSub) -> Self {
         let (link, _) = watch::channel(Link::default());
+        let pubsub = Arc::new(PubSub::new(choice, client.clone(), subscriber.clone()));
         Self {
-            publisher: Publisher::new(client.clone(), keys.clone()),
+            publisher: Publisher::new(client.clone(), keys.clone(), pubsub.clone()),
             history: HistoryScript::new(client.clone(), keys.clone()),
             presence: Presence::new(client.clone(), keys.clone()),
+            pubsub,
             client,
             subscriber,
             keys,
             link,
+            resync: Notify::new(),
         }
     }
 
@@ -128,14 +141,22 @@ impl RedisBackplane {
         let messages = self.subscriber.message_rx();
         self.client.connect();
         self.subscriber.connect();
+        let probes = Arc::new(Probes::default());
         reader::spawn(
             messages,
             self.keys.clone(),
             inbound,
+            probes.clone(),
             max_frame_bytes,
             metrics.clone(),
             shutdown.clone(),
         );
+        tokio::spawn(topology::watch(
+            self.clone(),
+            probes,
+            crate::backplane::new_epoch(),
+            shutdown.clone(),
+        ));
         tokio::spawn(link::watch_link(
             self.clone(),
             reconnects,
@@ -145,18 +166,10 @@ impl RedisBackplane {
         ));
     }
 
-    /// Waits until Redis has run the SUBSCRIBEs written before: the subscribe barrier
-    /// (PROTOCOL §2.2). fred answers SUBSCRIBE as soon as it is written, since its
-    /// replies arrive out of band; a PING on the same connection is answered only
-    /// after every command before it, so its answer is Redis's confirmation. On a
-    /// cluster fred may send the PING to another shard than the SUBSCRIBE, which would
-    /// confirm nothing, so there the written SUBSCRIBE is all there is.
-    async fn confirm_subscribed(&self) -> Result<(), BackplaneError> {
-        if self.subscriber.is_clustered() {
-            return Ok(());
-        }
-        let _: Value = self.subscriber.ping(None).await.map_err(map_err)?;
-        Ok(())
+    /// Asks the link watcher for a new generation: every subscription is made again
+    /// and durable channels are checked for gaps (`topology.rs`).
+    fn request_resync(&self) {
+        self.resync.notify_one();
     }
 
     /// The command client (ingest uses it; blocking reads take a `clone_new` of it).
@@ -203,26 +216,16 @@ impl Backplane for RedisBackplane {
 
     async fn subscribe(&self, channel: &str) -> Result<(), BackplaneError> {
         self.check_link()?;
-        self.subscriber
-            .subscribe(self.keys.pubsub(channel))
-            .await
-            .map_err(map_err)?;
-        self.confirm_subscribed().await
+        self.pubsub.subscribe(self.keys.pubsub(channel)).await
     }
 
     async fn subscribe_many(&self, channels: &[&str]) -> Result<(), BackplaneError> {
-        for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
-            let names: Vec<String> = chunk.iter().map(|c| self.keys.pubsub(c)).collect();
-            self.subscriber.subscribe(names).await.map_err(map_err)?;
-        }
-        self.confirm_subscribed().await
+        let names = channels.iter().map(|c| self.keys.pubsub(c)).collect();
+        self.pubsub.subscribe_many(names).await
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), BackplaneError> {
-        self.subscriber
-            .unsubscribe(self.keys.pubsub(channel))
-            .await
-            .map_err(map_err)
+        self.pubsub.unsubscribe(self.keys.pubsub(channel)).await
     }
 
     fn link(&self) -> watch::Receiver<Link> {
@@ -232,11 +235,9 @@ impl Backplane for RedisBackplane {
     async fn publish_event(&self, channel: &str, frame: Utf8Bytes) -> Result<(), BackplaneError> {
         self.check_link()?;
         let bytes: Bytes = frame.into();
-        let _: i64 = self
-            .client
+        self.pubsub
             .publish(self.keys.pubsub(channel), bytes)
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(())
     }
 

@@ -58,6 +58,7 @@ pub(super) struct RedisSection {
     pub(super) tls_cert_file: Option<PathBuf>,
     pub(super) tls_key_file: Option<PathBuf>,
     pub(super) tls_server_name: Option<String>,
+    pub(super) pubsub: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -14,7 +14,10 @@ use super::duration::{parse_duration, positive};
 use super::file::{AuthSection, FileConfig, RedisSection, ServerSection};
 use super::limits::check_limits;
 use super::namespace::resolve_namespaces;
-use super::{AuthConfig, Config, ConfigError, Flags, Limits, LogFormat, RedisTlsConfig, SecretEnv};
+use super::{
+    AuthConfig, Config, ConfigError, Flags, Limits, LogFormat, RedisPubSub, RedisTlsConfig,
+    SecretEnv,
+};
 
 /// A value chosen by precedence, with where it came from and under which key, for the
 /// error it may cause.
@@ -203,6 +206,10 @@ impl Config {
         if let Some(v) = prefix {
             self.prefix = check_prefix(&v)?;
         }
+        if let Some(v) = &s.pubsub {
+            self.redis_pubsub =
+                parse_pubsub(v).map_err(|r| ConfigError::new(f, "redis.pubsub", r))?;
+        }
         self.resolve_redis_tls(s, f)
     }
 
@@ -288,6 +295,15 @@ fn parse_log_format(v: &Picked) -> Result<LogFormat, ConfigError> {
         "json" => Ok(LogFormat::Json),
         "text" => Ok(LogFormat::Text),
         other => Err(v.error(format!("'{other}' is not one of json, text"))),
+    }
+}
+
+fn parse_pubsub(v: &str) -> Result<RedisPubSub, String> {
+    match v {
+        "auto" => Ok(RedisPubSub::Auto),
+        "sharded" => Ok(RedisPubSub::Sharded),
+        "classic" => Ok(RedisPubSub::Classic),
+        other => Err(format!("'{other}' is not one of auto, sharded, classic")),
     }
 }
 
@@ -437,6 +453,29 @@ mod tests {
         assert_eq!(err.key, "server.header_read_timeout");
         let err = Config::from_toml("[limits]\nmax_http_connections = 0\n").unwrap_err();
         assert_eq!(err.key, "limits.max_http_connections");
+    }
+
+    #[test]
+    fn redis_pubsub_is_read_and_checked() {
+        assert_eq!(
+            Config::from_toml("").unwrap().redis_pubsub,
+            RedisPubSub::Auto
+        );
+        for (text, want) in [
+            ("auto", RedisPubSub::Auto),
+            ("sharded", RedisPubSub::Sharded),
+            ("classic", RedisPubSub::Classic),
+        ] {
+            let cfg = Config::from_toml(&format!("[redis]\npubsub = \"{text}\"\n")).unwrap();
+            assert_eq!(cfg.redis_pubsub, want);
+        }
+        let err = Config::from_toml("[redis]\npubsub = \"spread\"\n").unwrap_err();
+        assert_eq!(err.key, "redis.pubsub");
+        assert!(
+            err.reason.contains("auto, sharded, classic"),
+            "{}",
+            err.reason
+        );
     }
 
     #[test]

@@ -12,6 +12,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::collections::VecDeque;
 use std::io::Read;
 use std::net::SocketAddr;

@@ -37,6 +37,18 @@ impl Keys {
             format!("{}:{{{channel}}}:presence:users", self.prefix),
         ]
     }
+    /// A node's probe channel of one shard (`topology.rs`). No Herald channel has this
+    /// name: it lacks the `{…}:ch` shape.
+    pub fn probe(&self, tag: &str) -> String {
+        format!("{}:probe:{{{tag}}}", self.prefix)
+    }
+    /// The tag of a probe channel name, if it is one of ours.
+    pub fn probe_of<'a>(&self, pubsub: &'a str) -> Option<&'a str> {
+        pubsub
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":probe:{")?
+            .strip_suffix('}')
+    }
     /// The Herald channel of a pub/sub channel name, if it is one of ours.
     pub fn channel_of<'a>(&self, pubsub: &'a str) -> Option<&'a str> {
         pubsub

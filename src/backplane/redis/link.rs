@@ -46,8 +46,20 @@ impl ErrorLog {
     }
 }
 
-/// Keeps [`Link`] true to both connections. A reconnect of the subscriber starts a new
-/// generation: its subscriptions are gone and must be made again.
+/// What woke the link watcher.
+enum Event {
+    /// A connection (re)connected: its subscriptions are gone.
+    Reconnected,
+    /// `topology.rs` found subscriptions lost without a reconnect.
+    Resync,
+    /// A periodic check or an error: the state may have changed.
+    Check,
+}
+
+/// Keeps [`Link`] true to both connections. A reconnect of the subscriber, or a resync
+/// asked by `topology.rs`, starts a new generation: its subscriptions must be made
+/// again. The link is not reported connected before the pub/sub mode is decided
+/// (`pubsub.rs`), so nothing is published or subscribed in the wrong one.
 pub(super) async fn watch_link(
     this: Arc<RedisBackplane>,
     mut reconnects: broadcast::Receiver<Server>,
@@ -59,30 +71,55 @@ pub(super) async fn watch_link(
     let mut generation = 0u64;
     let mut error_log = ErrorLog::default();
     loop {
-        let reconnected = tokio::select! {
+        let event = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = reconnects.recv() => !matches!(r, Err(broadcast::error::RecvError::Closed)),
+            r = reconnects.recv() => match r {
+                Err(broadcast::error::RecvError::Closed) => Event::Check,
+                _ => Event::Reconnected,
+            },
+            _ = this.resync.notified() => Event::Resync,
             e = errors.recv() => {
-                if let Ok((e, _)) = e
-                    && let Some(repeats) = error_log.admit(e.to_string(), Instant::now())
-                {
-                    tracing::warn!(error = %e, repeats, "redis connection error");
+                if let Ok((e, _)) = e {
+                    log_error(&mut error_log, &e.to_string());
                 }
-                false
+                Event::Check
             }
-            _ = tick.tick() => false,
+            _ = tick.tick() => Event::Check,
         };
-        if reconnected {
-            // Connected again: the next error is news, whatever it says.
-            error_log = ErrorLog::default();
-            generation += 1;
-            if generation > 1 {
-                metrics.backplane_reconnects.increment(1);
-                tracing::info!(generation, "redis reconnected; re-subscribing");
+        match event {
+            Event::Reconnected => {
+                // Connected again: the next error is news, whatever it says.
+                error_log = ErrorLog::default();
+                generation += 1;
+                if generation > 1 {
+                    metrics.backplane_reconnects.increment(1);
+                    tracing::info!(generation, "redis reconnected; re-subscribing");
+                }
+            }
+            Event::Resync if generation > 0 => {
+                generation += 1;
+                metrics.backplane_resyncs.increment(1);
+                tracing::info!(generation, "re-subscribing after a cluster change");
+            }
+            Event::Resync | Event::Check => {}
+        }
+        let mut connected =
+            generation > 0 && this.client.is_connected() && this.subscriber.is_connected();
+        if connected && !this.pubsub.is_decided() {
+            match this.pubsub.decide().await {
+                Ok(sharded) => {
+                    metrics
+                        .backplane_sharded
+                        .set(if sharded { 1.0 } else { 0.0 });
+                    let mode = if sharded { "sharded" } else { "classic" };
+                    tracing::info!(pubsub = mode, "redis pub/sub mode decided");
+                }
+                Err(e) => {
+                    log_error(&mut error_log, &e.to_string());
+                    connected = false;
+                }
             }
         }
-        let connected =
-            generation > 0 && this.client.is_connected() && this.subscriber.is_connected();
         let now = Link {
             generation,
             connected,
@@ -92,6 +129,12 @@ pub(super) async fn watch_link(
             *l = now;
             changed
         });
+    }
+}
+
+fn log_error(log: &mut ErrorLog, reason: &str) {
+    if let Some(repeats) = log.admit(reason.to_string(), Instant::now()) {
+        tracing::warn!(error = %reason, repeats, "redis connection error");
     }
 }
 

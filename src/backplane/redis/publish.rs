@@ -1,16 +1,22 @@
 //! Publishing through Redis: a plain `PUBLISH`; an idempotent one (`idempotent_publish.lua`:
 //! the key and the publish in one step); a durable one (`publish.lua`: the offset, the
 //! history entry and the publish in one atomic step, idempotent or not); and the
-//! upstream stream's `XADD`. Checking the link first is the engine's (`redis.rs`);
-//! reading history back is `history.rs`'s.
+//! upstream stream's `XADD`. With sharded pub/sub every publish is an `SPUBLISH`, the
+//! scripts' too: each script is loaded twice, once as written and once with its
+//! `PUBLISH` made `SPUBLISH` (the channel's keys and its pub/sub channel share the
+//! `{channel}` slot, so a script may do both). Checking the link first is the
+//! engine's (`redis.rs`); reading history back is `history.rs`'s.
 
 use fred::clients::Client;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand};
 
+use std::sync::Arc;
+
 use super::history::ttl_secs;
 use super::keys::Keys;
+use super::pubsub::PubSub;
 use super::reply::{map_err, parse_position, value_str};
 use crate::backplane::{Durability, Idempotency, PublishRequest, Published, new_epoch};
 use crate::error::BackplaneError;
@@ -19,20 +25,51 @@ use crate::protocol;
 const PUBLISH_LUA: &str = include_str!("../publish.lua");
 const IDEMPOTENT_LUA: &str = include_str!("../idempotent_publish.lua");
 
+/// A script as written (classic pub/sub) and as its sharded twin.
+struct Scripts {
+    classic: Script,
+    sharded: Script,
+}
+
+impl Scripts {
+    fn new(lua: &str) -> Self {
+        Self {
+            classic: Script::from_lua(lua),
+            sharded: Script::from_lua(sharded_lua(lua)),
+        }
+    }
+
+    fn pick(&self, sharded: bool) -> &Script {
+        if sharded {
+            &self.sharded
+        } else {
+            &self.classic
+        }
+    }
+}
+
+/// The sharded twin of a publishing script: its one `redis.call('PUBLISH'` made
+/// `SPUBLISH` (a script whose KEYS declare the channel may publish to a shard channel).
+fn sharded_lua(lua: &str) -> String {
+    lua.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
+}
+
 pub(super) struct Publisher {
     client: Client,
     keys: Keys,
-    publish_script: Script,
-    idempotent_script: Script,
+    pubsub: Arc<PubSub>,
+    publish_script: Scripts,
+    idempotent_script: Scripts,
 }
 
 impl Publisher {
-    pub(super) fn new(client: Client, keys: Keys) -> Self {
+    pub(super) fn new(client: Client, keys: Keys, pubsub: Arc<PubSub>) -> Self {
         Self {
             client,
             keys,
-            publish_script: Script::from_lua(PUBLISH_LUA),
-            idempotent_script: Script::from_lua(IDEMPOTENT_LUA),
+            pubsub,
+            publish_script: Scripts::new(PUBLISH_LUA),
+            idempotent_script: Scripts::new(IDEMPOTENT_LUA),
         }
     }
 
@@ -50,7 +87,7 @@ impl Publisher {
     async fn plain(&self, req: PublishRequest<'_>) -> Result<Published, BackplaneError> {
         let channel = self.keys.pubsub(req.channel);
         let frame = protocol::message_frame_from(req.channel, req.data, req.source, None);
-        let _: i64 = self.client.publish(channel, frame).await.map_err(map_err)?;
+        self.pubsub.publish(channel, frame).await?;
         Ok(Published::Plain)
     }
 
@@ -65,6 +102,7 @@ impl Publisher {
         let args: Vec<Value> = vec![Value::Bytes(frame), ttl_ms(idem).into()];
         let status: String = self
             .idempotent_script
+            .pick(self.pubsub.sharded())
             .evalsha_with_reload(&self.client, keys, args)
             .await
             .map_err(map_err)?;
@@ -103,6 +141,7 @@ impl Publisher {
         }
         let reply: Vec<Value> = self
             .publish_script
+            .pick(self.pubsub.sharded())
             .evalsha_with_reload(&self.client, keys, args)
             .await
             .map_err(map_err)?;
@@ -159,6 +198,16 @@ fn parse_durable(reply: &[Value]) -> Result<Published, BackplaneError> {
 mod tests {
     use super::*;
     use crate::backplane::Position;
+
+    #[test]
+    fn each_script_has_one_publish_that_its_sharded_twin_makes_spublish() {
+        for lua in [PUBLISH_LUA, IDEMPOTENT_LUA] {
+            assert_eq!(lua.matches("redis.call('PUBLISH',").count(), 1);
+            let sharded = sharded_lua(lua);
+            assert_eq!(sharded.matches("redis.call('SPUBLISH',").count(), 1);
+            assert_eq!(sharded.matches("'PUBLISH'").count(), 0);
+        }
+    }
 
     #[test]
     fn durable_replies_parse() {

@@ -15,6 +15,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::keys::Keys;
+use super::topology::Probes;
 use crate::backplane::Inbound;
 use crate::backplane::log_limit::{self, LogLimit};
 use crate::metrics::Metrics;
@@ -26,6 +27,7 @@ pub(super) fn spawn(
     rx: broadcast::Receiver<Message>,
     keys: Keys,
     inbound: Arc<dyn Inbound>,
+    probes: Arc<Probes>,
     max_frame_bytes: usize,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -44,7 +46,12 @@ pub(super) fn spawn(
     };
     tokio::spawn(drops.invalid.clone().run(shutdown.clone()));
     tokio::spawn(drops.oversized.clone().run(shutdown.clone()));
-    tokio::spawn(read_messages(rx, keys, inbound, drops, shutdown));
+    let to = Destinations {
+        keys,
+        inbound,
+        probes,
+    };
+    tokio::spawn(read_messages(rx, to, drops, shutdown));
 }
 
 /// What the reader drops: each payload counted, the lines rate-limited per kind.
@@ -83,11 +90,17 @@ impl Drops {
     }
 }
 
+/// Where a message goes: a Herald channel's to the node, a probe's to `topology.rs`.
+struct Destinations {
+    keys: Keys,
+    inbound: Arc<dyn Inbound>,
+    probes: Arc<Probes>,
+}
+
 /// The one reader of pub/sub messages: validate once, hand to the node.
 async fn read_messages(
     mut rx: broadcast::Receiver<Message>,
-    keys: Keys,
-    inbound: Arc<dyn Inbound>,
+    to: Destinations,
     drops: Drops,
     shutdown: CancellationToken,
 ) {
@@ -97,14 +110,14 @@ async fn read_messages(
             msg = rx.recv() => msg,
         };
         match msg {
-            Ok(msg) => deliver(msg, &keys, inbound.as_ref(), &drops),
+            Ok(msg) => deliver(msg, &to, &drops),
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 drops.metrics.backplane_lagged.increment(n);
                 tracing::warn!(
                     skipped = n,
                     "backplane reader lagged; checking durable channels for gaps"
                 );
-                inbound.lost_any();
+                to.inbound.lost_any();
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
@@ -112,9 +125,15 @@ async fn read_messages(
 }
 
 /// Validates one message and delivers it, or drops it with a reason.
-fn deliver(msg: Message, keys: &Keys, inbound: &dyn Inbound, drops: &Drops) {
+fn deliver(msg: Message, to: &Destinations, drops: &Drops) {
     let now = Instant::now();
-    let Some(channel) = keys.channel_of(&msg.channel) else {
+    let inbound = to.inbound.as_ref();
+    let Some(channel) = to.keys.channel_of(&msg.channel) else {
+        if let Some(tag) = to.keys.probe_of(&msg.channel)
+            && let Some(payload) = msg.value.as_str()
+        {
+            to.probes.record(tag, &payload);
+        }
         return;
     };
     let bytes: Bytes = match msg.value {
