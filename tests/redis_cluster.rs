@@ -282,6 +282,8 @@ async fn ten_thousand_channels_are_subscribed_again_within_two_seconds() {
 
 /// What one subscriber saw of one channel: (epoch, offset, data).
 type Seen = Vec<(String, u64, i64)>;
+/// What a publisher had taken: (data, epoch, offset) of each publish.
+type Taken = Vec<(i64, String, u64)>;
 
 /// One durable channel's publisher: publishes 1, 2, … one after the other to `channel`
 /// on `addr` until `stop`, retrying an answer 503; returns (data, epoch, offset) of
@@ -291,7 +293,7 @@ fn publisher(
     channel: String,
     acked: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(Vec<(i64, String, u64)>, u32)> {
+) -> tokio::task::JoinHandle<(Taken, u32)> {
     tokio::spawn(async move {
         let mut taken = Vec::new();
         let mut refused = 0u32;
@@ -362,7 +364,7 @@ async fn read_until(
 async fn check_every_offset(
     subs: &mut [(SocketAddr, Client)],
     channels: &[String],
-    taken: &[Vec<(i64, String, u64)>],
+    taken: &[Taken],
 ) -> usize {
     let last: Vec<u64> = taken.iter().map(|t| t.len() as u64).collect();
     let mut closed_4008 = 0;
@@ -402,7 +404,7 @@ async fn check_every_offset(
 }
 
 /// Every publish of each channel taken once, in order, in one epoch.
-fn check_taken(channels: &[String], taken: &[Vec<(i64, String, u64)>]) {
+fn check_taken(channels: &[String], taken: &[Taken]) {
     for (ch, t) in channels.iter().zip(taken) {
         for (k, (i, e, off)) in t.iter().enumerate() {
             assert_eq!(*i, k as i64 + 1);
