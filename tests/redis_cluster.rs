@@ -139,6 +139,17 @@ async fn sharded_pub_sub_puts_each_channel_on_its_own_shard() {
     for (port, names) in pubsub_on_primaries(&cluster, "CHANNELS") {
         assert!(names.is_empty(), "classic channels on {port}: {names:?}");
     }
+    // Every node probes every shard through a probe channel of its own there.
+    assert!(
+        eventually(WAIT, || async {
+            pubsub_on_primaries(&cluster, "SHARDCHANNELS")
+                .iter()
+                .all(|(_, n)| n.iter().filter(|n| n.starts_with("herald:probe:{")).count() == 3)
+        })
+        .await,
+        "not one probe channel per node on every primary: {:?}",
+        pubsub_on_primaries(&cluster, "SHARDCHANNELS")
+    );
     // Published on each node in turn: every client gets every message once.
     for (i, ch) in channels.iter().enumerate() {
         let from = nodes[i % nodes.len()].addr;
