@@ -48,7 +48,8 @@ SECRET_ENV = ("HERALD_REDIS_URL", "HERALD_API_KEYS", "HERALD_JWT_HS256_SECRET")
 CONFIG_TABLE_KEYS = {
     "server": {"listen", "node_id", "drain_period", "ping_interval", "idempotency_ttl",
                "log_format"},
-    "redis": {"url", "prefix"},
+    "redis": {"url", "prefix", "pubsub", "tls_ca_file", "tls_cert_file", "tls_key_file",
+              "tls_server_name"},
     "auth": {"api_keys", "require_token", "jwt_algorithms", "jwt_hs256_secret",
              "jwt_public_key_file", "allowed_origins"},
     "limits": {"max_connections", "new_connections_per_sec", "messages_per_sec",
@@ -76,10 +77,25 @@ RULE_VALUES = {
 BOOL_KEYS = {("auth", "require_token"), ("namespace", "presence"),
              ("namespace", "join_leave"), ("namespace", "upstream"), ("ingest", "ordered")}
 JWT_ALGORITHMS = {"HS256", "RS256", "ES256"}
+REDIS_PUBSUB = {"auto", "sharded", "classic"}
 # Secrets never go in a file we ship (image or ConfigMap): they come from a Secret.
 SECRET_CONFIG_KEYS = {("auth", "api_keys"), ("auth", "jwt_hs256_secret")}
 
 DEFAULTS = {"listen": "127.0.0.1:8080", "drain_period": "10s"}  # docs/CONFIG.md
+
+# Egress every kustomization's NetworkPolicy must allow: Redis (6379 plain, 6380 TLS) and
+# DNS. Production adds Azure Managed Redis (10000, and 8500-8599 for its shards with the
+# OSS cluster policy) and Sentinel (26379); docs/DEPLOY.md "Redis in production".
+BASE_EGRESS = {("TCP", 6379), ("TCP", 6380), ("UDP", 53), ("TCP", 53)}
+REQUIRED_EGRESS = {
+    "base": BASE_EGRESS,
+    "dev": BASE_EGRESS,
+    "production": BASE_EGRESS | {("TCP", 10000), ("TCP", 26379)}
+                  | {("TCP", port) for port in range(8500, 8600)},
+}
+# Redis Cluster bus ports (client port + 10000): clients never use them, so no
+# NetworkPolicy of ours opens them.
+CLUSTER_BUS_PORTS = {("TCP", 16379), ("TCP", 16380)}
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -121,6 +137,8 @@ def check_config(doc: dict, source: str) -> list[str]:
         if (kind, key) == ("auth", "jwt_algorithms") and (
                 not isinstance(value, list) or not set(value) <= JWT_ALGORITHMS):
             problems.append(f"{where(*path)} = {value!r}: algorithms are {sorted(JWT_ALGORITHMS)}")
+        if (kind, key) == ("redis", "pubsub") and value not in REDIS_PUBSUB:
+            problems.append(f"{where(*path)} = {value!r}: not one of {sorted(REDIS_PUBSUB)}")
         if (kind, key) in SECRET_CONFIG_KEYS:
             problems.append(f"{where(*path)}: a secret in a shipped file; use the environment")
         if (kind, key) == ("redis", "url") and "@" in str(value):
@@ -618,7 +636,18 @@ def check_scaling(name: str, docs) -> list[str]:
     return problems
 
 
-def check_network_policy(docs) -> list[str]:
+def policy_ports(rules) -> set[tuple[str, int]]:
+    """Every (protocol, port) the rules allow; a range (`endPort`) counts port by port."""
+    allowed = set()
+    for rule in rules:
+        for p in rule.get("ports", []):
+            first = p["port"]
+            for port in range(first, p.get("endPort", first) + 1):
+                allowed.add((p.get("protocol", "TCP"), port))
+    return allowed
+
+
+def check_network_policy(docs, name: str = "base") -> list[str]:
     deployment = herald_deployment(docs)
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     policies = [p for p in find(docs, "NetworkPolicy")
@@ -626,18 +655,21 @@ def check_network_policy(docs) -> list[str]:
     if not policies:
         return ["no NetworkPolicy selects the herald pods"]
     spec = policies[0]["spec"]
-    ingress = {(p.get("protocol", "TCP"), p["port"]) for r in spec.get("ingress", [])
-               for p in r.get("ports", [])}
-    egress = {(p.get("protocol", "TCP"), p["port"]) for r in spec.get("egress", [])
-              for p in r.get("ports", [])}
+    ingress = policy_ports(spec.get("ingress", []))
+    egress = policy_ports(spec.get("egress", []))
     problems = []
     if set(spec.get("policyTypes", [])) != {"Ingress", "Egress"}:
         problems.append("the NetworkPolicy must restrict both Ingress and Egress")
     if ("TCP", 8080) not in ingress:
         problems.append("the NetworkPolicy does not admit TCP 8080")
-    for needed in (("TCP", 6379), ("TCP", 6380), ("UDP", 53)):
-        if needed not in egress:
-            problems.append(f"the NetworkPolicy does not allow egress to {needed[0]} {needed[1]}")
+    missing = REQUIRED_EGRESS[name] - egress
+    for protocol, port in sorted(missing)[:5]:
+        problems.append(f"the NetworkPolicy of {name} does not allow egress to {protocol} {port}")
+    if len(missing) > 5:
+        problems.append(f"... and {len(missing) - 5} more egress ports missing in {name}")
+    for protocol, port in sorted(egress & CLUSTER_BUS_PORTS):
+        problems.append(f"the NetworkPolicy allows egress to {protocol} {port}, a Redis "
+                        "Cluster bus port that clients never use")
     return problems
 
 
@@ -719,7 +751,9 @@ class KubernetesTest(unittest.TestCase):
                 self.assertEqual(check_scaling(name, rendered(name)), [])
 
     def test_network_policy(self):
-        self.each(check_network_policy)
+        for name in KUSTOMIZATIONS:
+            with self.subTest(kustomization=name):
+                self.assertEqual(check_network_policy(rendered(name), name), [])
 
 
 class CheckersCatchBreakage(unittest.TestCase):
@@ -792,6 +826,8 @@ class CheckersCatchBreakage(unittest.TestCase):
                 lambda c: c.setdefault("auth", {}).update(jwt_hs256_secret="s"),
                 lambda c: c.setdefault("auth", {}).update(jwt_algorithms=["none"]),
                 lambda c: c.update(ingest={"stream": "x"}),                 # not [[ingest]]
+                lambda c: c.setdefault("redis", {}).update(pubsub="spread"),
+                lambda c: c.setdefault("redis", {}).update(tls_ca_path="/x"),  # typo
                 lambda c: c["server"].update(listen="127.0.0.1:8080")):
             config = copy.deepcopy(image_config())
             config.setdefault("server", {})
@@ -925,12 +961,35 @@ class CheckersCatchBreakage(unittest.TestCase):
         self.assertNotEqual(check_scaling("base", docs), [])
 
     def test_network_policy_check(self):
-        for direction, port in (("egress", 6380), ("egress", 53), ("ingress", 8080)):
-            with self.subTest(direction=direction, port=port):
-                docs = self.broken()
+        for name, direction, port in (("base", "egress", 6380), ("base", "egress", 53),
+                                      ("base", "ingress", 8080),
+                                      ("production", "egress", 10000),
+                                      ("production", "egress", 8500),
+                                      ("production", "egress", 26379),
+                                      ("production", "egress", 53)):
+            with self.subTest(kustomization=name, direction=direction, port=port):
+                docs = self.broken(name)
                 for rule in find(docs, "NetworkPolicy")[0]["spec"][direction]:
                     rule["ports"] = [p for p in rule.get("ports", []) if p["port"] != port]
-                self.assertNotEqual(check_network_policy(docs), [])
+                self.assertNotEqual(check_network_policy(docs, name), [])
+        # DNS over TCP too (large answers), not only UDP.
+        docs = self.broken("production")
+        for rule in find(docs, "NetworkPolicy")[0]["spec"]["egress"]:
+            rule["ports"] = [p for p in rule.get("ports", [])
+                             if (p.get("protocol", "TCP"), p["port"]) != ("TCP", 53)]
+        self.assertNotEqual(check_network_policy(docs, "production"), [])
+        # The shard range must be a range: 8500 alone is not enough.
+        docs = self.broken("production")
+        for rule in find(docs, "NetworkPolicy")[0]["spec"]["egress"]:
+            for p in rule.get("ports", []):
+                p.pop("endPort", None)
+        self.assertNotEqual(check_network_policy(docs, "production"), [])
+        # The base's rules do not satisfy production, and a bus port is refused.
+        self.assertNotEqual(check_network_policy(self.broken("base"), "production"), [])
+        docs = self.broken("production")
+        find(docs, "NetworkPolicy")[0]["spec"]["egress"][0]["ports"].append(
+            {"protocol": "TCP", "port": 16379})
+        self.assertNotEqual(check_network_policy(docs, "production"), [])
 
     def test_allowlist_check(self):
         self.assertNotIn(("server", "listen"),
