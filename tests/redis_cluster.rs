@@ -291,6 +291,24 @@ async fn ten_thousand_channels_are_subscribed_again_within_two_seconds() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_naming_one_server_follows_its_failover() {
+    let mut cluster = RedisCluster::start();
+    let victim = cluster.owner_of(cluster.keyslot("herald:{one}:ch"));
+    let mut config = node_config(&cluster, "a", RedisPubSub::Auto);
+    config.redis_url = Some(format!("redis-cluster://127.0.0.1:{victim}"));
+    let node = start(config).await;
+    let mut c = Client::connect(node.addr).await;
+    c.subscribe("one").await;
+    let killed = Instant::now();
+    cluster.kill(victim);
+    let back = ready_again(node.addr, killed).await;
+    let (st, body) = publish_http(node.addr, json!({"channel": "one", "data": 1})).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(c.next_message(WAIT).await.expect("delivered")["data"], 1);
+    println!("a node whose URL names only the killed primary was ready again after {back:?}");
+}
+
 /// What one subscriber saw of one channel: (epoch, offset, data).
 type Seen = Vec<(String, u64, i64)>;
 /// What a publisher had taken: (data, epoch, offset) of each publish.

@@ -20,7 +20,8 @@ pub struct Flags {
     /// Address to listen on (HTTP and WebSocket).
     #[arg(long, env = "HERALD_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
-    /// Redis URL: redis://, rediss:// (TLS), redis-cluster:// or redis-sentinel://.
+    /// Redis URL: redis://, rediss:// (TLS), redis-cluster://, rediss-cluster:// or
+    /// redis-sentinel:// (docs/CONFIG.md).
     /// None: the in-memory backplane.
     #[arg(long = "redis", env = "HERALD_REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,

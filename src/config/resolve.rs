@@ -325,9 +325,10 @@ fn check_redis_url(v: &Picked) -> Result<String, ConfigError> {
         "rediss-cluster://",
     ];
     if !schemes.iter().any(|s| v.value.starts_with(s)) {
-        return Err(
-            v.error("must start with redis://, rediss://, redis-cluster:// or redis-sentinel://")
-        );
+        return Err(v.error(
+            "must start with redis://, rediss://, redis-cluster://, rediss-cluster:// \
+                 or redis-sentinel://",
+        ));
     }
     Ok(v.value.to_string())
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
-use fred::types::config::{ReconnectPolicy, UnresponsiveConfig};
+use fred::types::config::{
+    ClusterDiscoveryPolicy, ReconnectPolicy, ServerConfig, UnresponsiveConfig,
+};
 
 use super::tls::RedisTls;
 use crate::error::BackplaneError;
@@ -60,6 +62,12 @@ fn builder(url: &str, tls: Option<&RedisTls>) -> Result<Builder, BackplaneError>
     // instead of stopping the client for good: the node stays unready (503) and
     // becomes ready once Redis accepts it.
     config.fail_fast = false;
+    // On a cluster, reconnect through every server the last slot map named, not only
+    // the ones in the URL: a URL that names one server would otherwise leave the node
+    // unready for as long as that server is down, even after its replica took over.
+    if let ServerConfig::Clustered { policy, .. } = &mut config.server {
+        *policy = ClusterDiscoveryPolicy::UseCache;
+    }
     let mut builder = Builder::from_config(config);
     builder
         // fred's default is to never reconnect: retry forever, 100 ms to 5 s apart.
