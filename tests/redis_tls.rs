@@ -12,7 +12,14 @@
 //! - mutual TLS: without a client certificate a node is not ready, with one it is and
 //!   delivers;
 //! - a TLS file that is missing or not PEM stops the `herald` binary with exit code 2
-//!   and an error naming the key.
+//!   and an error naming the key;
+//! - a Redis Cluster on TLS only (3 primaries + 3 replicas, `tests/support/cluster.rs`,
+//!   bus and replication on TLS too, client certificates required, a server
+//!   certificate naming a host, not the address): nodes on `rediss-cluster://` with
+//!   the CA file, a client certificate and `redis.tls_server_name` become ready, use
+//!   sharded pub/sub, deliver across nodes on channels of every shard and take durable
+//!   publishes; with the wrong CA, or without the client certificate, a node stays
+//!   unready.
 
 mod support;
 
@@ -23,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use herald::config::{Config, RedisTlsConfig};
 use serde_json::json;
+use support::cluster::{ClusterOptions, RedisCluster};
 use support::*;
 
 /// How long one `openssl` command may take (key generation is milliseconds).
@@ -495,4 +503,232 @@ fn a_missing_or_non_pem_tls_file_stops_the_binary_with_exit_code_2() {
             "{keys}: the password is not shown: {stderr}"
         );
     }
+}
+
+/// The name in the cluster servers' certificate, and the only one: not the address
+/// clients connect to, so every node of the cluster must be checked against it.
+const CLUSTER_NAME: &str = "redis.cluster.test";
+
+/// The options of a cluster on TLS only, with the test's certificates (the server
+/// certificate `cluster`, for [`CLUSTER_NAME`]): the server certificate for clients
+/// and the other servers, the client certificate for the
+/// servers' own outgoing connections (bus and replication), client certificates
+/// required, and the ACL user of the other tests (the default user stays open for
+/// `redis-cli --cluster` and replication).
+fn tls_cluster_options(pki: &Pki) -> ClusterOptions {
+    pki.signed(
+        "cluster",
+        &format!("subjectAltName=DNS:{CLUSTER_NAME}\nextendedKeyUsage=serverAuth\n"),
+    );
+    let file = |name: &str| pki.file(name).into_os_string();
+    let mut server_args: Vec<std::ffi::OsString> = Vec::new();
+    for (key, name) in [
+        ("--tls-cert-file", "cluster.pem"),
+        ("--tls-key-file", "cluster.key"),
+        ("--tls-client-cert-file", "client.pem"),
+        ("--tls-client-key-file", "client.key"),
+        ("--tls-ca-cert-file", "ca.pem"),
+    ] {
+        server_args.extend([key.into(), file(name)]);
+    }
+    let acl = [
+        "--tls-auth-clients",
+        "yes",
+        "--user",
+        USER,
+        "on",
+        &format!(">{PASSWORD}"),
+        "~*",
+        "&*",
+        "+@all",
+    ];
+    server_args.extend(acl.iter().map(Into::into));
+    let mut cli_args: Vec<std::ffi::OsString> = vec!["--tls".into()];
+    for (key, name) in [
+        ("--cacert", "ca.pem"),
+        ("--cert", "client.pem"),
+        ("--key", "client.key"),
+    ] {
+        cli_args.extend([key.into(), file(name)]);
+    }
+    ClusterOptions {
+        tls: true,
+        server_args,
+        cli_args,
+    }
+}
+
+/// A node on the TLS cluster as the ACL user, trusting `ca`, with the client
+/// certificate or not, checking [`CLUSTER_NAME`]; `news:*` is durable.
+fn tls_cluster_config(
+    cluster: &RedisCluster,
+    pki: &Pki,
+    node_id: &str,
+    ca: &str,
+    client_cert: bool,
+) -> Config {
+    let mut c = config_from_toml(
+        None,
+        node_id,
+        "[namespaces.news]\nhistory_size = 100\nhistory_ttl = \"10m\"\n",
+    );
+    let url = cluster.url();
+    assert!(url.starts_with("rediss-cluster://"), "{url}");
+    c.redis_url = Some(url.replacen("://", &format!("://{USER}:{PASSWORD}@"), 1));
+    c.redis_tls = RedisTlsConfig {
+        ca_file: Some(pki.file(ca)),
+        cert_file: client_cert.then(|| pki.file("client.pem")),
+        key_file: client_cert.then(|| pki.file("client.key")),
+        server_name: Some(CLUSTER_NAME.into()),
+    };
+    c
+}
+
+/// `n` channel names `<stem><i>` whose slot the primary on `port` owns.
+fn channels_on(cluster: &RedisCluster, port: u16, stem: &str, n: usize) -> Vec<String> {
+    let primary = cluster
+        .primaries()
+        .into_iter()
+        .find(|p| p.port == port)
+        .expect("a primary");
+    (0..)
+        .map(|i| format!("{stem}{i}"))
+        .filter(|c| primary.owns(cluster.keyslot(&format!("herald:{{{c}}}:ch"))))
+        .take(n)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_is_sharded_and_delivers_on_every_shard() {
+    let began = Instant::now();
+    let logs = captured_logs();
+    let pki = Pki::generate();
+    let cluster = RedisCluster::start_with(tls_cluster_options(&pki));
+    let started = began.elapsed();
+    // TLS only: no server answers in plain text.
+    for port in cluster.running_ports() {
+        let plain = support::cluster::cli_on(port, &["PING"]).unwrap_or_default();
+        assert_ne!(plain.trim(), "PONG", "plain-text PING answered on {port}");
+    }
+    let wrong_ca = start_unready(tls_cluster_config(
+        &cluster,
+        &pki,
+        "tlsc-wrong-ca",
+        "other-ca.pem",
+        true,
+    ))
+    .await;
+    let no_cert = start_unready(tls_cluster_config(
+        &cluster,
+        &pki,
+        "tlsc-no-cert",
+        "ca.pem",
+        false,
+    ))
+    .await;
+    // Ready: every server of the cluster, the ones named in the URL and the ones
+    // discovered from it (all 127.0.0.1), is checked against the configured name,
+    // the only one its certificate holds.
+    let a = start(tls_cluster_config(&cluster, &pki, "tlsc-a", "ca.pem", true)).await;
+    let b = start(tls_cluster_config(&cluster, &pki, "tlsc-b", "ca.pem", true)).await;
+    for n in [&a, &b] {
+        assert_eq!(
+            metric_of(n.addr, "herald_backplane_sharded_pubsub").await,
+            1.0,
+            "sharded pub/sub on {}",
+            n.addr
+        );
+    }
+
+    // Two plain and one durable channel on every shard.
+    let primaries = cluster.primaries();
+    assert_eq!(primaries.len(), 3);
+    let mut plain = Vec::new();
+    let mut durable = Vec::new();
+    for p in &primaries {
+        plain.extend(channels_on(&cluster, p.port, "room", 2));
+        durable.extend(channels_on(&cluster, p.port, "news:", 1));
+    }
+    let (mut on_a, mut on_b) = (Client::connect(a.addr).await, Client::connect(b.addr).await);
+    for ch in plain.iter().chain(&durable) {
+        on_a.subscribe(ch).await;
+        on_b.subscribe(ch).await;
+    }
+    // Each shard holds its own channels' sharded subscriptions, one per node.
+    for p in &primaries {
+        for ch in plain.iter().chain(&durable) {
+            let key = format!("herald:{{{ch}}}:ch");
+            let mine = p.owns(cluster.keyslot(&key));
+            let reply = cluster
+                .cli_at(p.port, &["PUBSUB", "SHARDNUMSUB", &key])
+                .unwrap_or_else(|e| panic!("{e}"));
+            let count = reply.lines().nth(1).map(str::trim).unwrap_or_default();
+            assert_eq!(
+                count,
+                if mine { "2" } else { "0" },
+                "{key} on {}: {reply}",
+                p.port
+            );
+        }
+    }
+    // Plain: each channel published on one node reaches the subscriber on the other.
+    for (i, ch) in plain.iter().enumerate() {
+        let from = if i % 2 == 0 { a.addr } else { b.addr };
+        let (st, body) = publish_http(from, json!({"channel": ch, "data": i})).await;
+        assert_eq!(st, 200, "publish to {ch}: {body}");
+    }
+    for (who, c) in [("a", &mut on_a), ("b", &mut on_b)] {
+        let got = c.messages(plain.len(), WAIT).await;
+        let mut data: Vec<i64> = got.iter().map(|m| m["data"].as_i64().unwrap()).collect();
+        data.sort();
+        assert_eq!(
+            data,
+            (0..plain.len() as i64).collect::<Vec<_>>(),
+            "on {who}"
+        );
+    }
+    // Durable: taken at offset 1 on every shard, delivered with it on both nodes.
+    for ch in &durable {
+        let (st, body) = publish_http(a.addr, json!({"channel": ch, "data": "kept"})).await;
+        assert_eq!(st, 200, "durable publish to {ch}: {body}");
+        assert_eq!(body["offset"], 1, "{ch}: {body}");
+        for c in [&mut on_a, &mut on_b] {
+            let m = c
+                .next_message(WAIT)
+                .await
+                .unwrap_or_else(|| panic!("no message on {ch} within {WAIT:?}"));
+            assert_eq!(
+                (&m["channel"], &m["offset"]),
+                (&json!(ch), &json!(1)),
+                "{m}"
+            );
+        }
+    }
+
+    // Meanwhile the other two kept failing: the wrong CA, the missing certificate.
+    tokio::join!(
+        stays_unready(wrong_ca.addr, Duration::from_secs(1), "wrong CA"),
+        stays_unready(
+            no_cert.addr,
+            Duration::from_secs(1),
+            "no client certificate"
+        ),
+    );
+    for (what, needle) in [
+        ("wrong CA", "UnknownIssuer"),
+        ("no client certificate", "CertificateRequired"),
+    ] {
+        assert!(
+            !lines_with(&logs, &["redis connection error", needle]).is_empty(),
+            "{what}: the reason ({needle}) is logged"
+        );
+    }
+    assert!(lines_with(&logs, &[PASSWORD]).is_empty());
+    println!(
+        "TLS cluster: started in {started:?}, the whole test took {:?}",
+        began.elapsed()
+    );
+    on_a.close().await;
+    on_b.close().await;
+    tokio::join!(a.stop(), b.stop(), wrong_ca.stop(), no_cert.stop());
 }

@@ -2,11 +2,15 @@
 //! `redis-server --cluster-enabled yes` child process on a free port whose bus port
 //! (+10000) is free too, joined by `redis-cli --cluster create … --cluster-replicas 1`.
 //! Everything is killed (SIGKILL) and its directory removed on drop.
+//! [`RedisCluster::start_with`] starts one with more server arguments and, with
+//! [`ClusterOptions::tls`], listening on TLS only (every `redis-cli` call of the
+//! cluster then carries [`ClusterOptions::cli_args`]).
 //!
 //! Beside starting it: which primary owns a slot, killing a server, and moving a slot
 //! (with its keys) from one primary to another the way `redis-cli --cluster reshard`
 //! does, so that tests can fail over and migrate under load.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -55,15 +59,40 @@ impl Primary {
     }
 }
 
+/// How the servers of [`RedisCluster::start_with`] run, beyond the defaults of
+/// [`RedisCluster::start`] (which is `start_with(ClusterOptions::default())`).
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOptions {
+    /// Every server listens on TLS only, on its port (`--port 0 --tls-port P`), with
+    /// the cluster bus (P + 10000) and replication over TLS too (`--tls-cluster yes
+    /// --tls-replication yes`, so the servers announce their TLS port to each other
+    /// and to clients); [`RedisCluster::url`] is then `rediss-cluster://`. The
+    /// certificates go in `server_args`, `redis-cli`'s side in `cli_args`.
+    pub tls: bool,
+    /// More `redis-server` arguments, after the defaults (`--tls-cert-file …`).
+    pub server_args: Vec<OsString>,
+    /// `redis-cli` arguments put before every command the cluster runs (`--tls
+    /// --cacert …`).
+    pub cli_args: Vec<OsString>,
+}
+
 pub struct RedisCluster {
     pub servers: Vec<ClusterServer>,
     dir: PathBuf,
+    options: ClusterOptions,
 }
 
 /// `redis-cli -p port args…` on loopback: its standard output, or why it failed.
 pub fn cli_on(port: u16, args: &[&str]) -> Result<String, String> {
+    cli_on_with(port, &[], args)
+}
+
+/// `redis-cli cli_args… -p port args…` on loopback (`cli_args`: e.g. `--tls --cacert
+/// …`): its standard output, or why it failed.
+pub fn cli_on_with(port: u16, cli_args: &[OsString], args: &[&str]) -> Result<String, String> {
     let out = try_run_bounded(
         Command::new("redis-cli")
+            .args(cli_args)
             .args(["-p", &port.to_string()])
             .args(args),
         CLI_LIMIT,
@@ -85,6 +114,11 @@ impl RedisCluster {
     /// Starts six servers and joins them into 3 primaries + 3 replicas; returns once
     /// every server reports `cluster_state:ok` and every replica is in sync.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with(ClusterOptions::default())
+    }
+
+    /// [`RedisCluster::start`] with `options` (TLS only, more server arguments).
+    pub fn start_with(options: ClusterOptions) -> RedisCluster {
         let dir = std::env::temp_dir().join(format!(
             "herald-test-cluster-{}-{}",
             std::process::id(),
@@ -95,6 +129,7 @@ impl RedisCluster {
         let mut cluster = RedisCluster {
             servers: Vec::new(),
             dir,
+            options,
         };
         for _ in 0..6 {
             let server = cluster.spawn_server();
@@ -107,6 +142,7 @@ impl RedisCluster {
             .collect();
         let out = try_run_bounded(
             Command::new("redis-cli")
+                .args(&cluster.options.cli_args)
                 .args(["--cluster", "create"])
                 .args(&addrs)
                 .args(["--cluster-replicas", "1", "--cluster-yes"]),
@@ -128,8 +164,16 @@ impl RedisCluster {
             let port = free_cluster_port();
             let d = self.dir.join(port.to_string());
             std::fs::create_dir_all(&d).expect("a server directory");
-            let mut child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            let mut server = Command::new("redis-server");
+            if self.options.tls {
+                server
+                    .args(["--port", "0", "--tls-port", &port.to_string()])
+                    .args(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+            } else {
+                server.args(["--port", &port.to_string()]);
+            }
+            let mut child = server
+                .args(["--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"])
                 .args(["--cluster-enabled", "yes"])
                 .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
@@ -140,6 +184,7 @@ impl RedisCluster {
                 .arg(&d)
                 .arg("--logfile")
                 .arg(d.join("redis.log"))
+                .args(&self.options.server_args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -154,7 +199,7 @@ impl RedisCluster {
                     failures.push(format!("redis-server on {port} exited with {status}"));
                     break;
                 }
-                let info = cli_on(port, &["INFO", "server"]).unwrap_or_default();
+                let info = self.cli_at(port, &["INFO", "server"]).unwrap_or_default();
                 if info.lines().any(|l| l.trim() == pid) {
                     return ClusterServer {
                         port,
@@ -179,10 +224,13 @@ impl RedisCluster {
         let deadline = Instant::now() + SETTLE;
         loop {
             let ok = self.running_ports().iter().all(|p| {
-                let state_ok = cli_on(*p, &["CLUSTER", "INFO"])
+                let state_ok = self
+                    .cli_at(*p, &["CLUSTER", "INFO"])
                     .map(|i| i.contains("cluster_state:ok"))
                     .unwrap_or(false);
-                let repl = cli_on(*p, &["INFO", "replication"]).unwrap_or_default();
+                let repl = self
+                    .cli_at(*p, &["INFO", "replication"])
+                    .unwrap_or_default();
                 let synced = repl.contains("role:master")
                     || repl.contains("master_link_status:up")
                     || !self.primary_of_replica_runs(&repl);
@@ -216,18 +264,30 @@ impl RedisCluster {
             .collect()
     }
 
-    /// `redis-cluster://…?node=…` naming every server (docs/CONFIG.md).
+    /// `redis-cluster://…?node=…` naming every server (docs/CONFIG.md);
+    /// `rediss-cluster://…` when the servers listen on TLS.
     pub fn url(&self) -> String {
+        let scheme = if self.options.tls {
+            "rediss-cluster"
+        } else {
+            "redis-cluster"
+        };
         let mut ports = self.servers.iter().map(|s| s.port);
         let first = ports.next().expect("servers");
         let rest: Vec<String> = ports.map(|p| format!("node=127.0.0.1:{p}")).collect();
-        format!("redis-cluster://127.0.0.1:{first}?{}", rest.join("&"))
+        format!("{scheme}://127.0.0.1:{first}?{}", rest.join("&"))
     }
 
     /// `redis-cli` against the first running server.
     pub fn cli(&self, args: &[&str]) -> String {
         let port = self.running_ports()[0];
-        cli_on(port, args).unwrap_or_else(|e| panic!("{e}"))
+        self.cli_at(port, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `redis-cli` against the server on `port`, with the cluster's `redis-cli`
+    /// arguments ([`cli_on`] for a cluster started without options).
+    pub fn cli_at(&self, port: u16, args: &[&str]) -> Result<String, String> {
+        cli_on_with(port, &self.options.cli_args, args)
     }
 
     /// The slot of a key.
@@ -243,7 +303,7 @@ impl RedisCluster {
         let Some(port) = self.running_ports().first().copied() else {
             return Vec::new();
         };
-        let nodes = cli_on(port, &["CLUSTER", "NODES"]).unwrap_or_default();
+        let nodes = self.cli_at(port, &["CLUSTER", "NODES"]).unwrap_or_default();
         let running = self.running_ports();
         let mut out = Vec::new();
         for line in nodes.lines() {
@@ -314,13 +374,14 @@ impl RedisCluster {
         let (from_id, to_id) = (id(from), id(to));
         let s = slot.to_string();
         let ok = |port: u16, args: &[&str]| {
-            let out = cli_on(port, args).unwrap_or_else(|e| panic!("{e}"));
+            let out = self.cli_at(port, args).unwrap_or_else(|e| panic!("{e}"));
             assert!(out.trim() == "OK", "{args:?} on {port}: {out}");
         };
         ok(to, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id]);
         ok(from, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id]);
         loop {
-            let keys = cli_on(from, &["CLUSTER", "GETKEYSINSLOT", &s, "100"])
+            let keys = self
+                .cli_at(from, &["CLUSTER", "GETKEYSINSLOT", &s, "100"])
                 .unwrap_or_else(|e| panic!("{e}"));
             let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
             if keys.is_empty() {
@@ -329,14 +390,14 @@ impl RedisCluster {
             let port = to.to_string();
             let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
             args.extend(keys);
-            let out = cli_on(from, &args).unwrap_or_else(|e| panic!("{e}"));
+            let out = self.cli_at(from, &args).unwrap_or_else(|e| panic!("{e}"));
             assert!(out.trim() == "OK", "MIGRATE: {out}");
         }
         ok(to, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id]);
         ok(from, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id]);
         for p in &primaries {
             if p.port != from && p.port != to {
-                let _ = cli_on(p.port, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id]);
+                let _ = self.cli_at(p.port, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id]);
             }
         }
     }
