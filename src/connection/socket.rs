@@ -1,7 +1,8 @@
-//! One client's TCP connection after the WebSocket handshake. It lives in the
+//! One client's TCP connection after the WebSocket handshake, or the body of a
+//! session's HTTP streaming response ([`StreamSink`], PROTOCOL §2.5). It lives in the
 //! connection's outbox (one allocation per connection) and has two users: the session
-//! reads client frames through tungstenite ([`ReadHalf`]), and the outbox writes server
-//! frames straight into the kernel ([`Socket::try_write_frames`]).
+//! reads client frames through tungstenite ([`ReadHalf`], WebSocket only), and the
+//! outbox writes server frames straight into the kernel ([`Socket::try_write_frames`]).
 //!
 //! Writes bypass tungstenite on purpose: a server frame is a header plus the shared
 //! payload (see [`crate::connection::frame`]), so a delivery is one `send` from whichever
@@ -20,6 +21,7 @@ use tokio::net::TcpStream;
 
 use crate::connection::frame::{Frame, MAX_HEADER};
 use crate::connection::outbox::Outbox;
+use crate::connection::stream_sink::StreamSink;
 
 /// Flags of the fan-out's sends: a vanished peer is an `EPIPE` error, never a
 /// SIGPIPE, whatever the process does with signals (std's own `send` does the same).
@@ -45,17 +47,41 @@ const SEND_FLAGS: libc::c_int = 0;
 pub const FRAMES_PER_WRITE: usize = 16;
 
 pub struct Socket {
-    tcp: TcpStream,
+    kind: Kind,
+}
+
+enum Kind {
+    Tcp(TcpStream),
+    Stream(StreamSink),
 }
 
 impl Socket {
     pub fn new(tcp: TcpStream) -> Self {
-        Self { tcp }
+        Self {
+            kind: Kind::Tcp(tcp),
+        }
+    }
+
+    /// The socket of a session on an HTTP streaming transport.
+    pub fn stream(sink: StreamSink) -> Self {
+        Self {
+            kind: Kind::Stream(sink),
+        }
+    }
+
+    fn tcp(&self) -> io::Result<&TcpStream> {
+        match &self.kind {
+            Kind::Tcp(tcp) => Ok(tcp),
+            Kind::Stream(_) => Err(io::ErrorKind::Unsupported.into()),
+        }
     }
 
     /// Writes one frame (header and payload) as far as the kernel takes it now: the
     /// fan-out's common case, without the batch path's slice arrays.
     pub fn try_write_frame(&self, frame: &Frame) -> io::Result<usize> {
+        if let Kind::Stream(sink) = &self.kind {
+            return sink.try_write_frames([frame], 0);
+        }
         let (header, len) = frame.header();
         if len == 0 {
             return self.send_now(&[IoSlice::new(frame.payload())]);
@@ -72,6 +98,9 @@ impl Socket {
         frames: impl IntoIterator<Item = &'a Frame>,
         skip: usize,
     ) -> io::Result<usize> {
+        if let Kind::Stream(sink) = &self.kind {
+            return sink.try_write_frames(frames.into_iter().take(FRAMES_PER_WRITE), skip);
+        }
         let mut headers = [([0u8; MAX_HEADER], 0usize); FRAMES_PER_WRITE];
         let mut payloads: [&[u8]; FRAMES_PER_WRITE] = [&[]; FRAMES_PER_WRITE];
         let mut n = 0;
@@ -119,7 +148,7 @@ impl Socket {
     fn send_now(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
         match self.send_once(slices) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let _ = self.tcp.try_io(Interest::WRITABLE, || {
+                let _ = self.tcp()?.try_io(Interest::WRITABLE, || {
                     Err::<(), _>(io::ErrorKind::WouldBlock.into())
                 });
                 self.send_once(slices)
@@ -129,7 +158,7 @@ impl Socket {
     }
 
     fn send_once(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
-        let sock = socket2::SockRef::from(&self.tcp);
+        let sock = socket2::SockRef::from(self.tcp()?);
         loop {
             let sent = match slices {
                 [one] => sock.send_with_flags(one, SEND_FLAGS),
@@ -144,12 +173,21 @@ impl Socket {
 
     /// Waits until the kernel takes more bytes.
     pub async fn writable(&self) -> io::Result<()> {
-        self.tcp.writable().await
+        match &self.kind {
+            Kind::Tcp(tcp) => tcp.writable().await,
+            Kind::Stream(sink) => sink.writable().await,
+        }
     }
 
-    /// Sends FIN after what was written (the close handshake's end on our side).
+    /// Sends FIN after what was written (the close handshake's end on our side); a
+    /// streaming response ends its body.
     pub fn shutdown_write(&self) {
-        let _ = socket2::SockRef::from(&self.tcp).shutdown(Shutdown::Write);
+        match &self.kind {
+            Kind::Tcp(tcp) => {
+                let _ = socket2::SockRef::from(tcp).shutdown(Shutdown::Write);
+            }
+            Kind::Stream(sink) => sink.shutdown(),
+        }
     }
 }
 
@@ -173,7 +211,10 @@ impl AsyncRead for ReadHalf {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let tcp = &self.outbox.socket().tcp;
+        let tcp = match self.outbox.socket().tcp() {
+            Ok(tcp) => tcp,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
         loop {
             ready!(tcp.poll_read_ready(cx))?;
             match tcp.try_read(buf.initialize_unfilled()) {
