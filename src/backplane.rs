@@ -123,6 +123,10 @@ pub trait Inbound: Send + Sync + 'static {
     /// Frames may have been lost on any channel (the reader fell behind): every
     /// durable channel is to be checked against its history.
     fn lost_any(&self);
+
+    /// A message another node sent to this one ([`Backplane::send_to_node`]). Its
+    /// bytes are whatever the sender wrote: the receiver checks them.
+    fn node_message(&self, payload: &[u8]);
 }
 
 #[async_trait]
@@ -160,6 +164,10 @@ pub trait Backplane: Send + Sync + 'static {
         channel: &str,
         durability: Durability,
     ) -> Result<Position, BackplaneError>;
+
+    /// Sends `payload` to the node named `node` (its node channel, PROTOCOL §4);
+    /// returns how many nodes received it: 0 when no node of that name is connected.
+    async fn send_to_node(&self, node: &str, payload: bytes::Bytes) -> Result<u64, BackplaneError>;
 
     /// Publishes a node-made frame (a `join` or `leave`) on the channel's path, so it
     /// arrives in order with messages. Never stored in history.

@@ -6,6 +6,7 @@
 //! the socket is a response body instead ([`stream_sink::StreamSink`]).
 
 pub mod frame;
+pub mod http_slot;
 pub mod outbox;
 pub mod rate;
 pub mod socket;

@@ -32,6 +32,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod backplane;
@@ -48,10 +49,13 @@ pub mod presence;
 pub mod protocol;
 pub mod publish;
 pub mod recovery;
+pub mod relay;
 pub mod server;
+pub mod session;
 pub mod shutdown;
 pub mod state;
 pub mod streams;
 pub mod subscriptions;
 pub mod tokens;
+pub mod transports;
 pub mod ws;

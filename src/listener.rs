@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use metrics::{Counter, Gauge};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
+use crate::connection::http_slot::HttpSlot;
 use crate::metrics::HttpMetrics;
 
 /// After a failed `accept` (typically the open-file limit), wait this long before the
@@ -113,7 +114,8 @@ pub async fn serve(
 
 /// One connection, from its accept until it closes or becomes a WebSocket (hyper's
 /// connection future ends once the upgraded socket is handed over); `slot` is held
-/// for exactly that long.
+/// for exactly that long, unless a request gives it back earlier because it turned
+/// the connection into a streaming session (its [`HttpSlot`] extension).
 async fn serve_connection(
     tcp: TcpStream,
     slot: Slot,
@@ -123,7 +125,9 @@ async fn serve_connection(
     header_timeouts: Counter,
     stop: CancellationToken,
 ) {
-    let _slot = slot;
+    let slot = HttpSlot::new(move || drop(slot));
+    // Whatever way this function ends, the place is given back.
+    let _give_back = GiveBack(slot.clone());
     // Wait for the first byte before handing the socket to hyper, which gives every
     // connection its buffers (8 KiB to read, 8 KiB to write) as soon as it has it: a
     // connection that sends nothing then costs its task and socket only (measured with
@@ -147,8 +151,13 @@ async fn serve_connection(
             return;
         }
     }
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(slot.clone());
+            app.clone().oneshot(req)
+        });
     let conn = http
-        .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app))
+        .serve_connection(TokioIo::new(tcp), service)
         .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
@@ -181,6 +190,15 @@ async fn serve_connection(
 fn refuse(tcp: TcpStream) {
     if let Err(e) = tcp.set_zero_linger() {
         tracing::debug!(error = %e, "SO_LINGER not set on a refused connection");
+    }
+}
+
+/// Releases a connection's [`HttpSlot`] when dropped.
+struct GiveBack(HttpSlot);
+
+impl Drop for GiveBack {
+    fn drop(&mut self) {
+        self.0.release();
     }
 }
 

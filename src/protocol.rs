@@ -407,6 +407,26 @@ pub fn welcome_frame(session: &str, node: &str, ping_interval_ms: u64) -> String
     .to_string()
 }
 
+/// The welcome frame of a session on an HTTP streaming transport (PROTOCOL §2.5): the
+/// WebSocket's, with the transport's name and the key that `POST /emulation` needs.
+pub fn stream_welcome_frame(
+    session: &str,
+    node: &str,
+    keep_alive_ms: u64,
+    transport: &str,
+    key: &str,
+) -> String {
+    serde_json::json!({
+        "type": "welcome",
+        "session": session,
+        "node": node,
+        "ping_interval_ms": keep_alive_ms,
+        "transport": transport,
+        "key": key,
+    })
+    .to_string()
+}
+
 /// `{"type":"reply","id":…,"result":…}`.
 pub fn reply_ok(id: RequestId, result: &serde_json::Value) -> String {
     format!("{{\"type\":\"reply\",\"id\":{id},\"result\":{result}}}")

@@ -29,9 +29,11 @@ use crate::hub::Hub;
 use crate::hub::coalesce::Coalescer;
 use crate::inbound::NodeInbound;
 use crate::metrics::Metrics;
+use crate::relay::Relay;
 use crate::state::{AppState, Services};
 use crate::subscriptions::Subscriptions;
 use crate::tokens::Tokens;
+use crate::transports;
 use crate::ws::upgrade::ws_handler;
 
 /// Why a node could not start.
@@ -68,7 +70,12 @@ impl Node {
         let metrics = Arc::new(Metrics::new(&config.node_id));
         let hub = start_hub(&config, &metrics, &shutdown);
         let gap_report = Arc::new(gaps::GapReport::default());
-        let inbound = Arc::new(NodeInbound::new(hub.clone(), gap_report.clone()));
+        let relay = Relay::new(&config.node_id);
+        let inbound = Arc::new(NodeInbound::new(
+            hub.clone(),
+            gap_report.clone(),
+            relay.clone(),
+        ));
         let (backplane, redis) = match start_backplane(&config, inbound, &metrics, &shutdown) {
             Ok(b) => b,
             Err(e) => {
@@ -76,6 +83,7 @@ impl Node {
                 return Err(e);
             }
         };
+        relay.attach(backplane.clone());
         let subscriptions = Subscriptions::new(
             hub.clone(),
             backplane.clone(),
@@ -90,6 +98,7 @@ impl Node {
                 backplane,
                 subscriptions: subscriptions.clone(),
                 tokens,
+                relay,
             },
             ConnectionRate::new(config.limits.new_connections_per_sec),
         ));
@@ -174,7 +183,8 @@ fn start_backplane(
     shutdown: &CancellationToken,
 ) -> Result<Engine, StartError> {
     let Some(url) = &config.redis_url else {
-        return Ok((Arc::new(MemoryBackplane::new(inbound)), None));
+        let memory = MemoryBackplane::new(inbound, &config.node_id);
+        return Ok((Arc::new(memory), None));
     };
     // The engine reads its TLS files; one it cannot use is a configuration error.
     let t = &config.redis_tls;
@@ -195,6 +205,7 @@ fn start_backplane(
         max_frame_bytes: config.limits.backplane_frame_bytes(),
         tls: tls.as_ref(),
         pubsub: config.redis_pubsub,
+        node_id: &config.node_id,
     };
     let redis = RedisBackplane::start(options, inbound, metrics.clone(), shutdown.clone())?;
     Ok((redis.clone(), Some(redis)))
@@ -245,6 +256,13 @@ fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(limits.max_body_bytes));
     let mut router = Router::new()
         .route("/ws", get(ws_handler))
+        .route("/sse", get(transports::stream::sse_handler))
+        .route("/stream", post(transports::stream::http_stream_handler))
+        .route(
+            "/emulation",
+            post(transports::emulation::emulation_handler)
+                .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
+        )
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))

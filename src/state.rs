@@ -20,6 +20,7 @@ use crate::connection::rate::ConnectionRate;
 use crate::hub::{Hub, SessionId};
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
+use crate::relay::Relay;
 use crate::subscriptions::Subscriptions;
 use crate::tokens::Tokens;
 
@@ -31,6 +32,8 @@ pub struct Services {
     pub backplane: Arc<dyn Backplane>,
     pub subscriptions: Arc<Subscriptions>,
     pub tokens: Tokens,
+    /// Streaming sessions' client frames, here and across nodes.
+    pub relay: Arc<Relay>,
 }
 
 /// Everything a request handler or session may need, shared by `Arc`.
@@ -41,6 +44,7 @@ pub struct AppState {
     pub backplane: Arc<dyn Backplane>,
     pub subscriptions: Arc<Subscriptions>,
     pub tokens: Tokens,
+    pub relay: Arc<Relay>,
     pub presence: crate::presence::Presence,
     pub connection_rate: ConnectionRate,
     /// Open sessions and how to close them (the drain walks this).
@@ -62,6 +66,7 @@ impl AppState {
             backplane: parts.backplane,
             subscriptions: parts.subscriptions,
             tokens: parts.tokens,
+            relay: parts.relay,
             presence: Default::default(),
             connection_rate,
             sessions: DashMap::new(),
@@ -80,6 +85,7 @@ impl AppState {
     }
 
     pub fn unregister_session(&self, id: SessionId) {
+        self.relay.unregister(id);
         if self.sessions.remove(&id).is_some() {
             self.metrics.connections.decrement(1.0);
         }

@@ -38,10 +38,15 @@ const LAYERS: &[(&str, u8)] = &[
     ("publish", 5),
     ("history", 5),
     ("recovery", 5),
+    ("relay", 5),
     ("streams", 5),
     ("shutdown", 5),
-    // 6. The doors: the HTTP API and the WebSocket.
+    // 6. The doors: the HTTP API, the WebSocket and the HTTP streaming transports, and
+    //    the session behind the last two.
+    ("admission", 6),
     ("api", 6),
+    ("session", 6),
+    ("transports", 6),
     ("ws", 6),
     // 7. The wiring.
     ("listener", 7),

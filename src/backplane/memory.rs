@@ -38,6 +38,8 @@ struct Present {
 
 pub struct MemoryBackplane {
     inbound: Arc<dyn Inbound>,
+    /// This node's id: the one node a node message can reach.
+    node_id: String,
     rings: DashMap<Arc<str>, Arc<Mutex<Ring>>>,
     // Sessions of one process cannot vanish without leaving, so there is no expiry:
     // refresh and sweep have nothing to do.
@@ -48,13 +50,14 @@ pub struct MemoryBackplane {
 }
 
 impl MemoryBackplane {
-    pub fn new(inbound: Arc<dyn Inbound>) -> Self {
+    pub fn new(inbound: Arc<dyn Inbound>, node_id: &str) -> Self {
         let (link, _) = watch::channel(Link {
             generation: 1,
             connected: true,
         });
         Self {
             inbound,
+            node_id: node_id.to_string(),
             rings: DashMap::new(),
             presence: DashMap::new(),
             idempotency: Mutex::default(),
@@ -197,6 +200,14 @@ impl Backplane for MemoryBackplane {
         self.link.subscribe()
     }
 
+    async fn send_to_node(&self, node: &str, payload: bytes::Bytes) -> Result<u64, BackplaneError> {
+        if node != self.node_id {
+            return Ok(0);
+        }
+        self.inbound.node_message(&payload);
+        Ok(1)
+    }
+
     async fn position(&self, channel: &str, d: Durability) -> Result<Position, BackplaneError> {
         let ring = self.ring(channel, d);
         let mut r = lock(&ring);
@@ -333,10 +344,11 @@ mod tests {
     impl Inbound for Nowhere {
         fn deliver(&self, _: &str, _: &Utf8Bytes, _: Option<(u64, &str)>, _: Instant) {}
         fn lost_any(&self) {}
+        fn node_message(&self, _: &[u8]) {}
     }
 
     fn engine() -> MemoryBackplane {
-        MemoryBackplane::new(Arc::new(Nowhere))
+        MemoryBackplane::new(Arc::new(Nowhere), "test")
     }
 
     const D: Durability = Durability {

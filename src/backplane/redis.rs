@@ -79,6 +79,8 @@ pub struct RedisOptions<'a> {
     pub tls: Option<&'a RedisTls>,
     /// Classic or sharded pub/sub (`redis.pubsub`).
     pub pubsub: RedisPubSub,
+    /// This node's id: its node channel is subscribed with every link generation.
+    pub node_id: &'a str,
 }
 
 pub struct RedisBackplane {
@@ -92,6 +94,8 @@ pub struct RedisBackplane {
     link: watch::Sender<Link>,
     /// `topology.rs` asks the link watcher for a new generation through this.
     resync: Notify,
+    /// This node's node channel (PROTOCOL §4).
+    node_channel: String,
 }
 
 impl RedisBackplane {
@@ -106,12 +110,25 @@ impl RedisBackplane {
     ) -> Result<Arc<Self>, BackplaneError> {
         let (client, subscriber) = clients::build(options.url, options.tls)?;
         let keys = Keys::new(options.prefix);
-        let this = Arc::new(Self::new(client, subscriber, keys, options.pubsub));
+        let node_channel = keys.node(options.node_id);
+        let this = Arc::new(Self::new(
+            client,
+            subscriber,
+            keys,
+            options.pubsub,
+            node_channel,
+        ));
         this.connect(options.max_frame_bytes, inbound, metrics, shutdown);
         Ok(this)
     }
 
-    fn new(client: Client, subscriber: SubscriberClient, keys: Keys, choice: RedisPubSub) -> Self {
+    fn new(
+        client: Client,
+        subscriber: SubscriberClient,
+        keys: Keys,
+        choice: RedisPubSub,
+        node_channel: String,
+    ) -> Self {
         let (link, _) = watch::channel(Link::default());
         let pubsub = Arc::new(PubSub::new(choice, client.clone(), subscriber.clone()));
         Self {
@@ -124,6 +141,7 @@ impl RedisBackplane {
             keys,
             link,
             resync: Notify::new(),
+            node_channel,
         }
     }
 
@@ -230,6 +248,12 @@ impl Backplane for RedisBackplane {
 
     fn link(&self) -> watch::Receiver<Link> {
         self.link.subscribe()
+    }
+
+    async fn send_to_node(&self, node: &str, payload: Bytes) -> Result<u64, BackplaneError> {
+        self.check_link()?;
+        let n = self.pubsub.publish(self.keys.node(node), payload).await?;
+        Ok(n.max(0) as u64)
     }
 
     async fn publish_event(&self, channel: &str, frame: Utf8Bytes) -> Result<(), BackplaneError> {

@@ -42,6 +42,17 @@ impl Keys {
     pub fn probe(&self, tag: &str) -> String {
         format!("{}:probe:{{{tag}}}", self.prefix)
     }
+    /// The node channel of node `id` (PROTOCOL §4): what other nodes send it. The id
+    /// is the hash tag, so on a cluster it has a slot of its own.
+    pub fn node(&self, id: &str) -> String {
+        format!("{}:node:{{{id}}}", self.prefix)
+    }
+    /// Whether a pub/sub channel name is a node channel.
+    pub fn is_node(&self, pubsub: &str) -> bool {
+        pubsub
+            .strip_prefix(self.prefix.as_str())
+            .is_some_and(|rest| rest.starts_with(":node:{") && rest.ends_with('}'))
+    }
     /// The tag of a probe channel name, if it is one of ours.
     pub fn probe_of<'a>(&self, pubsub: &'a str) -> Option<&'a str> {
         pubsub

@@ -59,7 +59,8 @@ enum Event {
 /// Keeps [`Link`] true to both connections. A reconnect of the subscriber, or a resync
 /// asked by `topology.rs`, starts a new generation: its subscriptions must be made
 /// again. The link is not reported connected before the pub/sub mode is decided
-/// (`pubsub.rs`), so nothing is published or subscribed in the wrong one.
+/// (`pubsub.rs`), so nothing is published or subscribed in the wrong one, nor before
+/// the node channel of this generation is subscribed.
 pub(super) async fn watch_link(
     this: Arc<RedisBackplane>,
     mut reconnects: broadcast::Receiver<Server>,
@@ -70,6 +71,8 @@ pub(super) async fn watch_link(
     let mut tick = tokio::time::interval(LINK_CHECK);
     let mut generation = 0u64;
     let mut error_log = ErrorLog::default();
+    // The generation whose node channel is subscribed (0: none yet).
+    let mut node_channel_in = 0u64;
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -114,6 +117,17 @@ pub(super) async fn watch_link(
                     let mode = if sharded { "sharded" } else { "classic" };
                     tracing::info!(pubsub = mode, "redis pub/sub mode decided");
                 }
+                Err(e) => {
+                    log_error(&mut error_log, &e.to_string());
+                    connected = false;
+                }
+            }
+        }
+        // The node channel (PROTOCOL §4) is the engine's own subscription, made
+        // again with every generation before the link is reported up.
+        if connected && node_channel_in != generation {
+            match this.pubsub.subscribe(this.node_channel.clone()).await {
+                Ok(()) => node_channel_in = generation,
                 Err(e) => {
                     log_error(&mut error_log, &e.to_string());
                     connected = false;

@@ -129,7 +129,11 @@ fn deliver(msg: Message, to: &Destinations, drops: &Drops) {
     let now = Instant::now();
     let inbound = to.inbound.as_ref();
     let Some(channel) = to.keys.channel_of(&msg.channel) else {
-        if let Some(tag) = to.keys.probe_of(&msg.channel)
+        if to.keys.is_node(&msg.channel) {
+            if let Some(bytes) = msg.value.as_bytes() {
+                inbound.node_message(bytes);
+            }
+        } else if let Some(tag) = to.keys.probe_of(&msg.channel)
             && let Some(payload) = msg.value.as_str()
         {
             to.probes.record(tag, &payload);

@@ -1,22 +1,28 @@
-//! One WebSocket connection after its upgrade: the read loop, the ops of PROTOCOL
-//! §2.2, liveness pings, the message rate limit and the session's end.
+//! One session, on any transport: the read loop, the ops of PROTOCOL §2.2, liveness
+//! pings (keep-alives on the HTTP streaming transports), the message rate limit and
+//! the session's end.
 //!
 //! Frames are handled one at a time, in the order the client sent them, and every
 //! reply goes through the connection's [`Outbox`], so replies and messages share one
-//! ordered queue. Client frames are parsed by tungstenite over the shared socket
-//! ([`crate::connection::socket::ReadHalf`]); the session answers pings and closes itself.
+//! ordered queue. On a WebSocket, client frames are parsed by tungstenite over the
+//! shared socket ([`crate::connection::socket::ReadHalf`]) and the session answers
+//! pings and closes itself; on an HTTP streaming transport (PROTOCOL §2.5) they come
+//! from `POST /emulation` through [`StreamInput`]. How a client gets a session (the
+//! upgrade, the streaming response) is the doors' (`ws/`, `transports/`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::auth::{Identity, permits};
 use crate::backplane::PresenceEntry;
@@ -24,13 +30,14 @@ use crate::config::Namespace;
 use crate::connection::frame::Frame;
 use crate::connection::outbox::{ControlHandle, Outbox};
 use crate::connection::rate::{RateLimiter, Verdict};
-use crate::connection::socket::ReadHalf;
+use crate::connection::socket::{ReadHalf, Socket};
 use crate::error::{CloseReason, ErrorCode, OpError};
 use crate::hub::{SessionId, Subscriber};
 use crate::presence;
 use crate::protocol::{self, ClientFrame, Op, RequestId};
 use crate::publish::durability;
 use crate::recovery;
+use crate::relay::StreamEntry;
 use crate::state::AppState;
 use crate::ws::handshake::Upgraded;
 
@@ -48,6 +55,76 @@ type ClientStream = WebSocketStream<ReadHalf>;
 
 /// The timer of a session whose token never expires.
 const NO_EXPIRY: Duration = Duration::from_secs(86400 * 365);
+/// Longest gap between two writes on an HTTP streaming transport: proxies with a 60 s
+/// idle timeout must see traffic well within it (PROTOCOL §2.5).
+const STREAM_KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Client frames posted to a streaming session and not yet served; a POST that finds
+/// the queue full is refused with 429 (the session is behind its client).
+pub const STREAM_INPUT: usize = 32;
+
+/// A session's client frames on an HTTP streaming transport, posted to
+/// `POST /emulation` on any node and handed over here.
+pub struct StreamInput {
+    pub rx: mpsc::Receiver<String>,
+}
+
+/// Where a session's client frames come from.
+enum Input<'a> {
+    WebSocket(&'a mut ClientStream),
+    Stream(&'a mut StreamInput),
+}
+
+/// One thing a client did, whatever its transport.
+enum Event {
+    Text(Utf8Bytes),
+    Binary,
+    Ping(Bytes),
+    Pong,
+    /// A close frame; false when its code is one no endpoint may send.
+    Close(bool),
+    /// The client is gone without a close.
+    Gone,
+    /// The client broke the WebSocket protocol: closed with this reason, or aborted.
+    Broken(Option<CloseReason>),
+}
+
+impl Input<'_> {
+    async fn next(&mut self) -> Event {
+        match self {
+            Input::Stream(input) => match input.rx.recv().await {
+                Some(text) => Event::Text(text.into()),
+                None => Event::Gone,
+            },
+            Input::WebSocket(stream) => match stream.next().await {
+                None => Event::Gone,
+                Some(Err(e)) => {
+                    let reason = close_for(&e);
+                    if reason.is_some() {
+                        tracing::debug!(error = %e, "client broke the websocket protocol");
+                    }
+                    Event::Broken(reason)
+                }
+                Some(Ok(Message::Text(text))) => Event::Text(text),
+                Some(Ok(Message::Binary(_) | Message::Frame(_))) => Event::Binary,
+                // RFC 6455 §7.4: a close code no endpoint may send is a protocol error,
+                // answered as one. tungstenite hands such a frame over as 1002 already;
+                // a client's own 1002 gets the same.
+                Some(Ok(Message::Close(frame))) => {
+                    Event::Close(frame.is_none_or(|f| f.code != CloseCode::Protocol))
+                }
+                Some(Ok(Message::Ping(payload))) => Event::Ping(payload),
+                Some(Ok(Message::Pong(_))) => Event::Pong,
+            },
+        }
+    }
+
+    /// Whether the client answers pings, so that silence means it is gone. A
+    /// streaming client only posts when it has something to say; a vanished one is
+    /// found by the write of a keep-alive instead.
+    fn answers_pings(&self) -> bool {
+        matches!(self, Input::WebSocket(_))
+    }
+}
 
 /// What an op answers: a result to reply with, or nothing (the op replied itself).
 type OpResult = Result<Option<Value>, OpError>;
@@ -65,7 +142,7 @@ struct Session {
     limiter: RateLimiter,
 }
 
-/// Runs a connection to its end.
+/// Runs a WebSocket connection to its end.
 pub async fn run(upgraded: Upgraded, state: Arc<AppState>, identity: Identity) {
     let limits = &state.config.limits;
     let (outbox, control) = Outbox::new(upgraded.socket, limits.outbox_messages);
@@ -95,21 +172,16 @@ pub async fn run(upgraded: Upgraded, state: Arc<AppState>, identity: Identity) {
         state.config.ping_interval.as_millis() as u64,
     );
     outbox.push(Frame::text(welcome));
-
-    let presence = presence::entry_for(&name, &identity);
-    let mut session = Session {
-        presence,
-        limiter: RateLimiter::new(limits.messages_per_sec),
-        state: state.clone(),
+    serve(
+        &state,
         id,
-        outbox: outbox.clone(),
-        control: control.clone(),
+        &name,
+        &outbox,
+        &control,
         identity,
-        channels: HashSet::new(),
-    };
-    session.read_loop(&mut stream).await;
-    session.leave_all().await;
-    drop(session);
+        Input::WebSocket(&mut stream),
+    )
+    .await;
     // Counted until the socket is really done (the close has a deadline).
     if outbox.finish().await {
         let _ = tokio::time::timeout(CLOSE_LINGER, async {
@@ -121,6 +193,81 @@ pub async fn run(upgraded: Upgraded, state: Arc<AppState>, identity: Identity) {
         })
         .await;
     }
+}
+
+/// Runs a session on an HTTP streaming transport (PROTOCOL §2.5) to its end. `socket`
+/// is the response body's sink; `transport` names it in the welcome frame.
+pub async fn run_stream(
+    socket: Socket,
+    transport: &'static str,
+    state: Arc<AppState>,
+    identity: Identity,
+) {
+    let limits = &state.config.limits;
+    let (outbox, control) = Outbox::new(socket, limits.outbox_messages);
+    let id = state.register_session(control.clone());
+    let _registration = Registration {
+        state: state.clone(),
+        id,
+        control: control.clone(),
+    };
+    let name = session_name(id);
+    let key = session_key();
+    let (tx, rx) = mpsc::channel(STREAM_INPUT);
+    state.relay.register(
+        id,
+        StreamEntry {
+            name: name.clone(),
+            key: key.clone(),
+            input: tx,
+        },
+    );
+    let keep_alive = state.config.ping_interval.min(STREAM_KEEP_ALIVE);
+    let welcome = protocol::stream_welcome_frame(
+        &name,
+        &state.config.node_id,
+        keep_alive.as_millis() as u64,
+        transport,
+        &key,
+    );
+    outbox.push(Frame::text(welcome));
+    let mut input = StreamInput { rx };
+    serve(
+        &state,
+        id,
+        &name,
+        &outbox,
+        &control,
+        identity,
+        Input::Stream(&mut input),
+    )
+    .await;
+    outbox.finish().await;
+}
+
+/// Serves a registered session's frames until it ends, then leaves its channels.
+async fn serve(
+    state: &Arc<AppState>,
+    id: SessionId,
+    name: &str,
+    outbox: &Outbox,
+    control: &ControlHandle,
+    identity: Identity,
+    mut input: Input<'_>,
+) {
+    let presence = presence::entry_for(name, &identity);
+    let mut session = Session {
+        presence,
+        limiter: RateLimiter::new(state.config.limits.messages_per_sec),
+        state: state.clone(),
+        id,
+        outbox: outbox.clone(),
+        control: control.clone(),
+        identity,
+        channels: HashSet::new(),
+    };
+    session.read_loop(&mut input).await;
+    session.leave_all().await;
 }
 
 /// A session's place in the node's session table (counted in `herald_connections`,
@@ -180,9 +327,20 @@ fn session_name(id: SessionId) -> String {
     format!("s-{:016x}{:x}", rand::random::<u64>(), id)
 }
 
+/// The secret a streaming session's client sends with every `POST /emulation`: the
+/// session name is shown to others (presence), the key only to its own client.
+fn session_key() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
 impl Session {
-    async fn read_loop(&mut self, stream: &mut ClientStream) {
-        let every = self.state.config.ping_interval;
+    async fn read_loop(&mut self, input: &mut Input<'_>) {
+        let answers_pings = input.answers_pings();
+        let every = if answers_pings {
+            self.state.config.ping_interval
+        } else {
+            self.state.config.ping_interval.min(STREAM_KEEP_ALIVE)
+        };
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut last_seen = Instant::now();
         let expiry = tokio::time::sleep(NO_EXPIRY);
@@ -197,31 +355,31 @@ impl Session {
                     return;
                 }
                 _ = ping.tick() => {
-                    if last_seen.elapsed() > every * 2 {
+                    if answers_pings && last_seen.elapsed() > every * 2 {
                         // No frame, not even a pong, for two intervals: the peer is gone.
                         self.control.abort();
                         return;
                     }
                     self.outbox.push(Frame::Ping);
                 }
-                frame = stream.next() => {
+                event = input.next() => {
                     last_seen = Instant::now();
-                    match frame {
-                        None => {
+                    match event {
+                        Event::Gone => {
                             self.control.abort();
                             return;
                         }
-                        Some(Err(e)) => {
-                            match close_for(&e) {
-                                Some(reason) => {
-                                    tracing::debug!(session = self.id, error = %e, "client broke the websocket protocol");
-                                    self.control.close(reason);
+                        Event::Broken(reason) => {
+                            match reason {
+                                Some(reason) => self.control.close(reason),
+                                None => {
+                                    self.control.abort();
+                                    true
                                 }
-                                None => self.control.abort(),
-                            }
+                            };
                             return;
                         }
-                        Some(Ok(Message::Text(text))) => {
+                        Event::Text(text) => {
                             if self.admit(Some(text.as_str())) {
                                 // Boxed: the op futures are large and rare; inline they
                                 // would sit in every idle connection's task.
@@ -231,27 +389,23 @@ impl Session {
                                 }
                             }
                         }
-                        Some(Ok(Message::Binary(_) | Message::Frame(_))) => {
+                        Event::Binary => {
                             if self.admit(None) {
                                 self.reply_error(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames");
                             }
                         }
-                        Some(Ok(Message::Close(frame))) => {
-                            // RFC 6455 §7.4: a close code no endpoint may send is a
-                            // protocol error, answered as one. tungstenite hands such a
-                            // frame over as 1002 already; a client's own 1002 gets the same.
-                            let valid = frame.is_none_or(|f| f.code != CloseCode::Protocol);
+                        Event::Close(valid) => {
                             self.control.close(if valid { CloseReason::Normal } else { CloseReason::ProtocolError });
                             return;
                         }
                         // Control frames count against the rate limit like every frame
                         // (PROTOCOL §2.3); a refused ping gets no pong, a flood ends in 1008.
-                        Some(Ok(Message::Ping(payload))) => {
+                        Event::Ping(payload) => {
                             if self.admit_control() {
                                 self.outbox.push(Frame::Pong(payload));
                             }
                         }
-                        Some(Ok(Message::Pong(_))) => {
+                        Event::Pong => {
                             self.admit_control();
                         }
                     }
