@@ -15,12 +15,27 @@ pub(super) trait StreamCommand {
     fn args(&self) -> Vec<Value>;
 }
 
-/// Sends a command on `client` (a `with_options` view of one works too).
+/// Sends a command on `client` (a `with_options` view of one works too), routed on a
+/// cluster to the shard of its key.
 pub(super) async fn send<C: ClientLike, R: FromValue>(
     client: &C,
     command: impl StreamCommand,
 ) -> Result<R, Error> {
-    client.custom(command.command(), command.args()).await
+    let args = command.args();
+    client.custom(routed(command.command(), &args), args).await
+}
+
+/// The command with its key's slot as a `ClusterHash::Custom`. fred 10 routes a custom
+/// command by its `cluster_hash` only when that is a `Custom` slot: any other kind is
+/// read as `FirstKey`, the first string argument, which for `XREADGROUP` (`GROUP`),
+/// `XGROUP` (`CREATE`, `DELCONSUMER`) and `XINFO` (`CONSUMERS`, `GROUPS`) is a word of
+/// the command, so on a Redis Cluster they went to whichever shard owns that word's
+/// slot, were answered `MOVED`, and failed (the clients make one attempt).
+fn routed(mut command: CustomCommand, args: &[Value]) -> CustomCommand {
+    if let Some(slot) = command.cluster_hash.hash(args) {
+        command.cluster_hash = ClusterHash::Custom(slot);
+    }
+    command
 }
 
 fn named(name: &'static str, key_at: usize, blocking: bool) -> CustomCommand {
@@ -389,6 +404,61 @@ mod tests {
             key_of(&groups),
         ] {
             assert_eq!(key, "s");
+        }
+    }
+
+    /// What `send` hands fred: the slot of the stream itself, for every command.
+    #[test]
+    fn commands_are_sent_with_the_slot_of_their_stream() {
+        let stream = "orders.events";
+        let slot = fred::util::redis_keyslot(stream.as_bytes());
+        let ids = ["1-0".to_string()];
+        let commands: Vec<(CustomCommand, Vec<Value>)> = {
+            fn both(c: impl StreamCommand) -> (CustomCommand, Vec<Value>) {
+                (c.command(), c.args())
+            }
+            vec![
+                both(ReadGroup {
+                    group: "g",
+                    consumer: "n1",
+                    count: 10,
+                    block: Some(Duration::from_millis(100)),
+                    stream,
+                    from: ">",
+                }),
+                both(ReadGroup {
+                    group: "g",
+                    consumer: "n1",
+                    count: 10,
+                    block: None,
+                    stream,
+                    from: "0",
+                }),
+                both(CreateGroup {
+                    stream,
+                    group: "g",
+                    at: "$",
+                }),
+                both(DeleteConsumer {
+                    stream,
+                    group: "g",
+                    consumer: "n2",
+                }),
+                both(Consumers { stream, group: "g" }),
+                both(Groups { stream }),
+                both(Ack {
+                    stream,
+                    group: "g",
+                    ids: &ids,
+                }),
+            ]
+        };
+        for (command, args) in commands {
+            // The first string is a word of the command for most of them: fred would
+            // route by it if it were not given the slot.
+            let name = command.cmd.to_string();
+            let sent = routed(command, &args);
+            assert_eq!(sent.cluster_hash, ClusterHash::Custom(slot), "{name}");
         }
     }
 
