@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     // The group starts at 0, so requests sent before the first instance ran count too.
     let created: Result<Value, _> = client
         .custom(
-            cmd("XGROUP", 1),
+            cmd("XGROUP"),
             vec!["CREATE", REQUESTS, GROUP, "0", "MKSTREAM"],
         )
         .await;
@@ -84,14 +84,21 @@ async fn main() -> anyhow::Result<()> {
         for (id, fields) in batch {
             handle(&client, &id, &fields).await?;
             let _: Value = client
-                .custom(cmd("XACK", 0), vec![REQUESTS, GROUP, &id])
+                .custom(cmd("XACK"), vec![REQUESTS, GROUP, &id])
                 .await?;
         }
     }
 }
 
-fn cmd(name: &'static str, key_at: usize) -> CustomCommand {
-    CustomCommand::new_static(name, ClusterHash::Offset(key_at), false)
+/// A stream command routed to the slot of the requests stream. fred routes a custom
+/// command by a fixed slot only (`ClusterHash::Offset` is not followed), and every
+/// command here names that one stream, so on a Redis Cluster each goes to its shard.
+fn cmd(name: &'static str) -> CustomCommand {
+    CustomCommand::new_static(name, requests_slot(), false)
+}
+
+fn requests_slot() -> ClusterHash {
+    ClusterHash::Custom(fred::util::redis_keyslot(REQUESTS.as_bytes()))
 }
 
 type Fields = Vec<(String, String)>;
@@ -113,14 +120,9 @@ async fn read(
         args.extend(["BLOCK".to_string(), ms.to_string()]);
     }
     args.extend(["STREAMS".to_string(), REQUESTS.into(), from.into()]);
-    let key_at = args.len() - 2;
     let reply: Value = client
         .custom(
-            CustomCommand::new_static(
-                "XREADGROUP",
-                ClusterHash::Offset(key_at),
-                block_ms.is_some(),
-            ),
+            CustomCommand::new_static("XREADGROUP", requests_slot(), block_ms.is_some()),
             args,
         )
         .await?;
@@ -143,7 +145,7 @@ async fn claim(client: &Client, me: &str) -> anyhow::Result<Vec<(String, Fields)
     loop {
         let reply: Value = client
             .custom(
-                cmd("XAUTOCLAIM", 0),
+                cmd("XAUTOCLAIM"),
                 vec![
                     REQUESTS,
                     GROUP,
@@ -253,7 +255,7 @@ async fn handle(client: &Client, id: &str, fields: &Fields) -> anyhow::Result<()
     });
     let _: Value = client
         .custom(
-            cmd("XADD", 0),
+            cmd("XADD"),
             vec![
                 EVENTS.to_string(),
                 "*".into(),

@@ -57,7 +57,14 @@ pub struct Node {
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<()>,
     redis: Option<Arc<RedisBackplane>>,
+    /// The ingest readers, waited for at the stop so that they release their leases.
+    ingest: Option<tokio_util::task::TaskTracker>,
 }
+
+/// Longest the stop waits for the ingest readers to release their leases and leave
+/// their groups before it closes Redis (a takeover then waits for the lease to expire,
+/// as after a crash).
+const INGEST_STOP: Duration = Duration::from_secs(2);
 
 impl Node {
     /// Builds every part, binds the listener and starts serving.
@@ -110,9 +117,9 @@ impl Node {
             state.clone(),
             shutdown.clone(),
         ));
-        if let Some(redis) = &redis {
-            crate::streams::ingest::start(state.clone(), redis.clone(), sources, shutdown.clone());
-        }
+        let ingest = redis.as_ref().map(|redis| {
+            crate::streams::ingest::start(state.clone(), redis.clone(), sources, shutdown.clone())
+        });
         let (addr, server) = match serve(&state, &shutdown).await {
             Ok(served) => served,
             Err(e) => {
@@ -127,6 +134,7 @@ impl Node {
             shutdown,
             server,
             redis,
+            ingest,
         })
     }
 
@@ -147,6 +155,13 @@ impl Node {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.state.tracker.wait()).await;
         self.shutdown.cancel();
         let _ = self.server.await;
+        if let Some(readers) = &self.ingest
+            && tokio::time::timeout(INGEST_STOP, readers.wait())
+                .await
+                .is_err()
+        {
+            tracing::warn!(timeout = ?INGEST_STOP, "ingest readers still stopping; closing Redis anyway");
+        }
         if let Some(redis) = &self.redis {
             redis.quit().await;
         }

@@ -41,12 +41,16 @@ use reader::Reader;
 pub use spec::{SourceSpec, validate};
 
 /// Starts one reader task per source.
+/// Starts one reader per source; the returned tracker ends when every reader has
+/// stopped after `shutdown` (releasing its lease and leaving its group), which the
+/// node's stop waits for before it closes Redis.
 pub fn start(
     state: Arc<AppState>,
     redis: Arc<RedisBackplane>,
     specs: Vec<SourceSpec>,
     shutdown: CancellationToken,
-) {
+) -> tokio_util::task::TaskTracker {
+    let readers = tokio_util::task::TaskTracker::new();
     // A test-only fault point: abort the process after this many publishes, before
     // their acknowledgement, to prove exactly-once across a crash there.
     let abort_after = std::env::var("HERALD_TEST_ABORT_AFTER_INGEST_PUBLISH")
@@ -60,6 +64,8 @@ pub fn start(
             abort_after,
             &shutdown,
         );
-        tokio::spawn(reader.run(shutdown.clone()));
+        readers.spawn(reader.run(shutdown.clone()));
     }
+    readers.close();
+    readers
 }
