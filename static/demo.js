@@ -9,7 +9,7 @@
   var els = {
     messages: $('messages'), compose: $('compose'), name: $('name'), text: $('text'), send: $('send'),
     notice: $('notice'), noticeText: $('notice-text'), noticeClose: $('notice-close'),
-    state: $('state'), dot: $('state-dot'), node: $('node'), session: $('session'),
+    state: $('state'), dot: $('state-dot'), node: $('node'), session: $('session'), transport: $('transport'),
     rate: $('rate'), total: $('total'), offset: $('offset'), reconnects: $('reconnects'),
     failedAttempts: $('failed-attempts'),
     online: $('online'), onlineNote: $('online-note'), onlineCount: $('online-count'),
@@ -90,7 +90,21 @@
   }
 
   // ---- the client ----
-  var client = new Herald('/ws', { backoff: { baseMs: 250, maxMs: 4000 } });
+  // ?transports=sse or ?transports=http-stream,sse picks the transports (in that order);
+  // by default herald.js starts with the WebSocket and falls back by itself.
+  function transportsFromQuery() {
+    var q = null;
+    try { q = new URLSearchParams(window.location.search).get('transports'); } catch (e) { /* old browser */ }
+    if (!q) return undefined;
+    var list = q.split(',').map(function (t) { return t.trim(); }).filter(function (t) { return Herald.transports.indexOf(t) >= 0; });
+    return list.length ? list : undefined;
+  }
+  var client = new Herald('/ws', { backoff: { baseMs: 250, maxMs: 4000 }, transports: transportsFromQuery() });
+
+  function showTransport(transport, connected) {
+    els.transport.textContent = transport ? (connected ? transport : 'trying ' + transport) : '–';
+    els.transport.dataset.transport = connected && transport ? transport : '';
+  }
 
   function setState(state, detail) {
     els.state.textContent = detail ? state + ' ' + detail : state;
@@ -99,7 +113,10 @@
     document.body.dataset.state = state;
   }
 
-  client.on('connecting', function () { setState('connecting'); });
+  client.on('connecting', function (info) {
+    setState('connecting');
+    showTransport(info.transport, false);
+  });
   client.on('connected', function (welcome) {
     welcomed = true;
     if (++stats.connections > 1) {
@@ -110,6 +127,7 @@
     els.node.textContent = welcome.node || '?';
     els.session.textContent = welcome.session || '?';
     els.session.title = welcome.session || '';
+    showTransport(client.transport, true);
     if (els.notice.dataset.kind === 'connection') hideNotice();
     // Seats are held by the session that asked: this page's earlier sessions are gone.
     if (seats.lastSession && seats.lastSession !== welcome.session) seats.pastSessions.add(seats.lastSession);
@@ -120,6 +138,7 @@
   client.on('disconnected', function (ev) {
     els.node.textContent = '–';
     els.session.textContent = '–';
+    showTransport(null, false);
     if (!welcomed) {
       stats.failedAttempts++;
       els.failedAttempts.textContent = String(stats.failedAttempts);

@@ -3,6 +3,12 @@
 
 export type ConnectionState = 'idle' | 'connecting' | 'connected' | 'reconnecting' | 'closed';
 
+/**
+ * How the client holds its session (PROTOCOL.md §2, §2.5): a WebSocket, Server-Sent Events
+ * (GET /sse) or a fetch stream (POST /stream); on the last two, ops are posted to /emulation.
+ */
+export type Transport = 'websocket' | 'sse' | 'http-stream';
+
 /** What to do after a close code: see closeAction(). */
 export type CloseAction = 'stop' | 'reconnect' | 'refresh_token';
 
@@ -46,6 +52,22 @@ export interface WebSocketLike {
   onopen: ((ev: unknown) => void) | null;
 }
 
+/** The part of EventSource the client uses. */
+export interface EventSourceLike {
+  close(): void;
+  onmessage: ((ev: { data: string }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+}
+
+/** The part of fetch the client uses (a streaming Response body for http-stream). */
+export type FetchLike = (url: string, init: {
+  method: string;
+  headers: Record<string, string>;
+  body?: string;
+  cache?: string;
+  signal?: AbortSignal;
+}) => Promise<{ ok: boolean; status: number; body: ReadableStream<Uint8Array> | null }>;
+
 export interface HeraldOptions {
   /** Connection token (JWT), sent as ?token=. */
   token?: string;
@@ -56,8 +78,33 @@ export interface HeraldOptions {
   /** App-level ping period. Default: the welcome frame's ping_interval_ms, else 25000. */
   pingIntervalMs?: number;
   backoff?: BackoffOptions;
+  /**
+   * Transports to use, in order of preference. Default ['websocket', 'sse', 'http-stream'].
+   * After two attempts in a row that end before a welcome frame (refused, broken, or no
+   * welcome within openTimeoutMs), the next one is tried; after the last, the first again.
+   * Transports without an implementation here (no EventSource, no fetch) are skipped.
+   */
+  transports?: Transport[];
+  /**
+   * Base URL of the HTTP transports: its path + '/sse', '/stream', '/emulation'. Default:
+   * derived from `url` (ws(s) → http(s), the last path segment replaced: wss://h/ws → https://h/sse).
+   */
+  httpUrl?: string;
+  /** An attempt without a welcome frame within this time has failed. Default 5000. */
+  openTimeoutMs?: number;
+  /**
+   * After falling back, the first transport is tried again at the first reconnect after a
+   * working fallback connection, once this much time has passed since falling back (at
+   * once if that fallback had failed too before it worked: an outage, not a blocked
+   * WebSocket). Default 300000 (5 minutes).
+   */
+  fallbackRetryMs?: number;
   /** WebSocket constructor (tests, Node). Default globalThis.WebSocket. */
   WebSocket?: new (url: string) => WebSocketLike;
+  /** EventSource constructor (tests). Default globalThis.EventSource. */
+  EventSource?: new (url: string) => EventSourceLike;
+  /** fetch (tests, Node). Default globalThis.fetch. */
+  fetch?: FetchLike;
   /** Random source for the jitter, [0, 1). Default Math.random. */
   random?: () => number;
 }
@@ -67,6 +114,9 @@ export interface WelcomeFrame {
   session: string;
   node: string;
   ping_interval_ms?: number;
+  /** On SSE and http-stream (PROTOCOL.md §2.5): the transport, and the session's secret for /emulation. */
+  transport?: 'sse' | 'http-stream';
+  key?: string;
   [k: string]: unknown;
 }
 
@@ -170,6 +220,8 @@ export class Herald {
   readonly welcome: WelcomeFrame | null;
   readonly session: string | null;
   readonly node: string | null;
+  /** The transport of the current connection or attempt; null before the first attempt. */
+  readonly transport: Transport | null;
   readonly subscriptions: Map<string, Subscription>;
 
   connect(): Promise<WelcomeFrame>;
@@ -183,7 +235,7 @@ export class Herald {
   /** Resolves with the round-trip time in ms. */
   ping(): Promise<number>;
 
-  on(event: 'connecting', fn: (info: { attempt: number }) => void): () => void;
+  on(event: 'connecting', fn: (info: { attempt: number; transport: Transport | null }) => void): () => void;
   on(event: 'connected', fn: (welcome: WelcomeFrame) => void): () => void;
   on(event: 'disconnected', fn: (ev: DisconnectedEvent) => void): () => void;
   on(event: 'state', fn: (state: ConnectionState) => void): () => void;
@@ -196,6 +248,9 @@ export class Herald {
   static backoffDelay: typeof backoffDelay;
   static closeAction: typeof closeAction;
   static buildUrl: typeof buildUrl;
+  static buildHttpUrl: typeof buildHttpUrl;
+  /** Every transport, in the default order: ['websocket', 'sse', 'http-stream']. */
+  static readonly transports: Transport[];
   static readonly version: string;
   static readonly protocolVersion: 1;
 }
@@ -206,6 +261,11 @@ export function backoffDelay(attempt: number, backoff?: BackoffOptions, random?:
 export function closeAction(code: number, clientInitiated?: boolean): CloseAction;
 /** The WebSocket URL for a page-relative or absolute URL and an optional token. */
 export function buildUrl(url: string, token?: string | null): string;
+/**
+ * The URL of endpoint 'sse', 'stream' or 'emulation' for the WebSocket URL `url` (or the
+ * base options.httpUrl); options.token is added as ?token= (not to 'emulation').
+ */
+export function buildHttpUrl(url: string, endpoint: 'sse' | 'stream' | 'emulation', options?: { token?: string | null; httpUrl?: string | null }): string;
 
 export default Herald;
 

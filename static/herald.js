@@ -1,6 +1,8 @@
 /*!
  * herald.js — browser (and Node) client for the Herald WebSocket gateway, protocol v1.
  *
+ * Transports: a WebSocket (PROTOCOL.md §2), or where one cannot be established, Server-Sent
+ * Events or a fetch stream with ops posted to /emulation (§2.5), chosen by itself.
  * No dependencies, no build step. This file is a classic script: loading it with
  * <script src="/herald.js"></script> defines the global `Herald`. For ES modules, import
  * `herald.mjs` beside it, which loads this file and re-exports the same class.
@@ -15,6 +17,16 @@
   var CHANNEL_RE = /^[A-Za-z0-9_\-:.@/=,]{1,255}$/;
   // Subscribe refusals that may pass on a later try (PROTOCOL.md §2.3); others are final.
   var RETRYABLE = { unavailable: true, rate_limited: true, internal: true };
+  /** Every transport, in the default order of preference (PROTOCOL.md §2, §2.5). */
+  var TRANSPORTS = ['websocket', 'sse', 'http-stream'];
+  /** An attempt that has no welcome frame this long after it started has failed. */
+  var DEFAULT_OPEN_TIMEOUT_MS = 5000;
+  /** Consecutive failed attempts on one transport before the next one is tried. */
+  var FALLBACK_AFTER = 2;
+  /** After falling back, the first transport is tried again at the first reconnect this much later. */
+  var DEFAULT_FALLBACK_RETRY_MS = 5 * 60 * 1000;
+  /** Waits before the retries of a POST /emulation answered 5xx or not answered at all. */
+  var POST_RETRY_DELAYS_MS = [200, 500, 1000];
 
   /** An error with a stable `code`: a protocol code (PROTOCOL.md §2.3) or a client one. */
   class HeraldError extends Error {
@@ -74,6 +86,33 @@
     if (u.protocol === 'http:') u.protocol = 'ws:';
     else if (u.protocol === 'https:') u.protocol = 'wss:';
     if (token != null && token !== '') u.searchParams.set('token', String(token));
+    return u.toString();
+  }
+
+  /**
+   * The URL of an HTTP endpoint ('sse', 'stream' or 'emulation', PROTOCOL.md §2.5) of the node
+   * whose WebSocket endpoint is `url`: ws(s) becomes http(s) and the endpoint replaces the
+   * last path segment (`wss://h/ws` → `https://h/sse`), keeping the query. With
+   * `options.httpUrl` the endpoint is appended to that base instead (`/herald` →
+   * `/herald/sse`). `options.token` is added as `?token=`. 'emulation' gets no query.
+   */
+  function buildHttpUrl(url, endpoint, options) {
+    var o = options || {};
+    var loc = root.location && root.location.href ? root.location.href : undefined;
+    var base = o.httpUrl != null && o.httpUrl !== '' ? o.httpUrl : url;
+    var u;
+    try {
+      u = loc ? new URL(base, loc) : new URL(base);
+    } catch (e) {
+      throw new HeraldError('bad_request', 'invalid URL: ' + base);
+    }
+    if (u.protocol === 'ws:') u.protocol = 'http:';
+    else if (u.protocol === 'wss:') u.protocol = 'https:';
+    if (o.httpUrl != null && o.httpUrl !== '') u.pathname = u.pathname.replace(/\/+$/, '') + '/' + endpoint;
+    else u.pathname = u.pathname.replace(/[^/]*$/, '') + endpoint;
+    u.hash = '';
+    if (endpoint === 'emulation') u.search = '';
+    else if (o.token != null && o.token !== '') u.searchParams.set('token', String(o.token));
     return u.toString();
   }
 
@@ -234,6 +273,245 @@
     }
   }
 
+  /**
+   * One session on an HTTP streaming transport (PROTOCOL.md §2.5), behind the same face as
+   * a WebSocket (send, close, onmessage, onclose), so that the client above does not care.
+   * Server frames arrive on one long response; each frame the client sends is posted to
+   * POST /emulation with the welcome frame's node, session and key, one at a time and in
+   * order (the replies come on the stream). Subclasses open the response.
+   */
+  class StreamConnection {
+    constructor(client, transport) {
+      this.transport = transport;
+      this.onmessage = this.onclose = this.onerror = this.onopen = null;
+      this._client = client;
+      this._fetch = client._fetch;
+      this._emulationUrl = buildHttpUrl(client.url, 'emulation', { httpUrl: client.options.httpUrl });
+      this._welcome = null;
+      this._closed = false;
+      this._queue = []; // frame texts waiting to be posted; [0] is in flight
+      this._posting = false;
+      this._retryTimer = null;
+      this._watchdog = null;
+      this._lastActivity = Date.now();
+    }
+
+    /** One frame (a line of the body or an SSE event's data); '' is a keep-alive. */
+    _line(text) {
+      if (this._closed) return;
+      this._lastActivity = Date.now();
+      if (text === '') return;
+      var msg;
+      try {
+        msg = JSON.parse(text);
+      } catch (e) {
+        if (this.onmessage) this.onmessage({ data: text });
+        return;
+      }
+      if (msg && msg.type === 'welcome' && !this._welcome) {
+        this._welcome = msg;
+        this._startWatchdog(msg);
+      } else if (msg && msg.type === 'close') {
+        // The last frame of a session: the WebSocket close with that code (§2.5).
+        this._end(typeof msg.code === 'number' ? msg.code : 1006, typeof msg.reason === 'string' ? msg.reason : '');
+        return;
+      }
+      if (this.onmessage) this.onmessage({ data: text, frame: msg });
+    }
+
+    /**
+     * The node writes a keep-alive at least every ping_interval_ms, and the client's own
+     * pings are answered on the stream: a stream silent for two intervals is dead.
+     */
+    _startWatchdog(welcome) {
+      var client = this._client;
+      var serverMs = welcome.ping_interval_ms > 0 ? welcome.ping_interval_ms : DEFAULT_PING_INTERVAL_MS;
+      var silentMs = 2 * Math.max(serverMs, client.options.pingIntervalMs || serverMs);
+      var self = this;
+      this._watchdog = setInterval(function () {
+        if (Date.now() - self._lastActivity > silentMs) self._end(1006, 'stream silent for ' + silentMs + ' ms');
+      }, Math.max(50, Math.floor(silentMs / 4)));
+    }
+
+    send(text) {
+      if (this._closed) throw new Error('the stream is closed');
+      if (!this._welcome) throw new Error('the stream is not open yet');
+      this._queue.push(text);
+      if (!this._posting) this._nextPost();
+    }
+
+    _nextPost() {
+      if (this._closed || this._queue.length === 0) { this._posting = false; return; }
+      this._posting = true;
+      this._post(this._queue[0], 0);
+    }
+
+    _post(text, tries) {
+      var self = this;
+      var w = this._welcome;
+      var body = '{"node":' + JSON.stringify(w.node) + ',"session":' + JSON.stringify(w.session) +
+        ',"key":' + JSON.stringify(w.key) + ',"frame":' + text + '}';
+      var f = this._fetch;
+      Promise.resolve().then(function () {
+        return f(self._emulationUrl, {
+          method: 'POST', headers: { 'Content-Type': 'application/json' }, body: body, cache: 'no-store',
+        });
+      }).then(function (res) {
+        var status = res.status;
+        if (res.body && typeof res.body.cancel === 'function') res.body.cancel().catch(function () {});
+        if (self._closed) return;
+        if (status >= 200 && status < 300) { self._queue.shift(); self._nextPost(); return; }
+        if (status === 404 || status === 410) {
+          // The session is gone (its node restarted, or left the fleet): reconnect.
+          self._end(1006, 'session not found on its node (HTTP ' + status + ' from /emulation)');
+          return;
+        }
+        if (status === 429) { self._failPost('rate_limited', 'the session has too many frames waiting (HTTP 429)'); return; }
+        if (status >= 500) { self._retry(text, tries, 'HTTP ' + status); return; }
+        var code = status === 403 ? 'forbidden' : status === 413 ? 'limit_exceeded' : status === 401 ? 'unauthorized' : 'bad_request';
+        self._failPost(code, 'POST /emulation answered HTTP ' + status);
+      }, function (err) {
+        if (self._closed) return;
+        self._retry(text, tries, (err && err.message) || String(err));
+      });
+    }
+
+    /** 5xx or no answer: the same frame again, a few times, then an 'unavailable' reply. */
+    _retry(text, tries, why) {
+      if (tries >= POST_RETRY_DELAYS_MS.length) {
+        this._failPost('unavailable', 'POST /emulation failed ' + (tries + 1) + ' times (' + why + ')');
+        return;
+      }
+      var self = this;
+      this._retryTimer = setTimeout(function () {
+        self._retryTimer = null;
+        if (!self._closed) self._post(text, tries + 1);
+      }, POST_RETRY_DELAYS_MS[tries]);
+    }
+
+    /** The frame in flight did not reach the session: its request gets this error reply. */
+    _failPost(code, message) {
+      var text = this._queue.shift();
+      var id = null;
+      try { id = JSON.parse(text).id; } catch (e) { /* not ours to read */ }
+      if (id != null && this.onmessage) {
+        this.onmessage({ data: null, frame: { type: 'reply', id: id, error: { code: code, message: message } } });
+      }
+      this._nextPost();
+    }
+
+    _cleanup() {
+      this._closed = true;
+      this._queue = [];
+      this._posting = false;
+      if (this._retryTimer) { clearTimeout(this._retryTimer); this._retryTimer = null; }
+      if (this._watchdog) { clearInterval(this._watchdog); this._watchdog = null; }
+      this._stop();
+    }
+
+    /** The session ended on the server's side or the stream broke. */
+    _end(code, reason) {
+      if (this._closed) return;
+      this._cleanup();
+      if (this.onclose) this.onclose({ code: code, reason: reason || '' });
+    }
+
+    /** The client gives the stream up (no event follows). */
+    close() {
+      if (this._closed) return;
+      this._cleanup();
+    }
+  }
+
+  /** GET /sse with an EventSource; never left to reconnect by itself (§2.5). */
+  class SseConnection extends StreamConnection {
+    constructor(client, token) {
+      super(client, 'sse');
+      var self = this;
+      var es = new client._EventSource(buildHttpUrl(client.url, 'sse', { token: token, httpUrl: client.options.httpUrl }));
+      this._es = es;
+      es.onmessage = function (ev) { self._line(typeof ev.data === 'string' ? ev.data : String(ev.data)); };
+      es.onerror = function () { self._end(1006, self._welcome ? 'event stream failed' : 'could not open the event stream'); };
+    }
+
+    _stop() {
+      var es = this._es;
+      if (!es) return;
+      this._es = null;
+      es.onmessage = es.onerror = null;
+      try { es.close(); } catch (e) { /* ignore */ }
+    }
+  }
+
+  /** POST /stream with fetch, read line by line (NDJSON, empty lines are keep-alives). */
+  class FetchStreamConnection extends StreamConnection {
+    constructor(client, token) {
+      super(client, 'http-stream');
+      var self = this;
+      var url = buildHttpUrl(client.url, 'stream', { httpUrl: client.options.httpUrl });
+      var headers = {};
+      if (token != null && token !== '') headers.Authorization = 'Bearer ' + token;
+      this._abort = typeof AbortController === 'function' ? new AbortController() : null;
+      this._reader = null;
+      var init = { method: 'POST', headers: headers, cache: 'no-store' };
+      if (this._abort) init.signal = this._abort.signal;
+      var f = this._fetch;
+      Promise.resolve().then(function () { return f(url, init); }).then(function (res) {
+        if (self._closed) { if (res.body && res.body.cancel) res.body.cancel().catch(function () {}); return; }
+        if (!res.ok || !res.body || typeof res.body.getReader !== 'function') {
+          if (res.body && res.body.cancel) res.body.cancel().catch(function () {});
+          self._end(1006, 'POST /stream answered HTTP ' + res.status);
+          return;
+        }
+        var reader = res.body.getReader();
+        self._reader = reader;
+        var decoder = new TextDecoder();
+        var buf = '';
+        var pump = function () {
+          return reader.read().then(function (r) {
+            if (self._closed) return;
+            if (r.done) {
+              buf += decoder.decode();
+              if (buf !== '') self._line(buf.replace(/\r$/, ''));
+              self._end(1006, 'the stream ended without a close frame');
+              return;
+            }
+            self._lastActivity = Date.now();
+            buf += decoder.decode(r.value, { stream: true });
+            var i;
+            while (!self._closed && (i = buf.indexOf('\n')) >= 0) {
+              var line = buf.slice(0, i);
+              buf = buf.slice(i + 1);
+              self._line(line.charCodeAt(line.length - 1) === 13 ? line.slice(0, -1) : line);
+            }
+            if (!self._closed) return pump();
+          });
+        };
+        return pump();
+      }).catch(function (err) {
+        self._end(1006, (self._welcome ? 'the stream failed: ' : 'could not open the stream: ') + ((err && err.message) || err));
+      });
+    }
+
+    _stop() {
+      if (this._abort) { try { this._abort.abort(); } catch (e) { /* ignore */ } }
+      if (this._reader) { this._reader.cancel().catch(function () {}); this._reader = null; }
+    }
+  }
+
+  /** The transports list of the options: known names, each once, in the given order. */
+  function transportList(list) {
+    if (list == null) return TRANSPORTS.slice();
+    if (!Array.isArray(list)) throw new TypeError('Herald: transports must be an array');
+    var out = [];
+    list.forEach(function (t) {
+      if (TRANSPORTS.indexOf(t) < 0) throw new TypeError('Herald: unknown transport ' + JSON.stringify(t) + ' (known: ' + TRANSPORTS.join(', ') + ')');
+      if (out.indexOf(t) < 0) out.push(t);
+    });
+    if (out.length === 0) throw new TypeError('Herald: transports is empty');
+    return out;
+  }
+
   /** A connection to one Herald node, with reconnects and re-subscription. */
   class Herald extends Emitter {
     constructor(url, options) {
@@ -248,8 +526,15 @@
           baseMs: o.backoff && o.backoff.baseMs >= 0 ? o.backoff.baseMs : DEFAULT_BACKOFF.baseMs,
           maxMs: o.backoff && o.backoff.maxMs >= 0 ? o.backoff.maxMs : DEFAULT_BACKOFF.maxMs,
         },
+        transports: transportList(o.transports),
+        httpUrl: o.httpUrl != null && o.httpUrl !== '' ? String(o.httpUrl) : null,
+        openTimeoutMs: o.openTimeoutMs > 0 ? o.openTimeoutMs : DEFAULT_OPEN_TIMEOUT_MS,
+        fallbackRetryMs: o.fallbackRetryMs >= 0 ? o.fallbackRetryMs : DEFAULT_FALLBACK_RETRY_MS,
       };
       this._WebSocket = o.WebSocket || root.WebSocket;
+      this._EventSource = o.EventSource || root.EventSource;
+      this._fetch = typeof o.fetch === 'function' ? o.fetch
+        : typeof root.fetch === 'function' ? root.fetch.bind(root) : null;
       this._random = typeof o.random === 'function' ? o.random : Math.random;
       this._token = o.token != null ? o.token : null;
       this._getToken = typeof o.getToken === 'function' ? o.getToken : null;
@@ -265,6 +550,21 @@
       this._pingTimer = null;
       this._pingInFlight = false;
       this._waiters = [];
+      // Transport choice: the index in options.transports of the next attempt's transport,
+      // the failed attempts on it in a row, and when the client left the first one.
+      this._ti = 0;
+      this._tFails = 0;
+      this._fellBackAt = null;
+      this._attemptOpen = false; // a connection of the current attempt was made
+      this._welcomed = false; // and got its welcome frame
+      this._lostWelcomed = false; // the last connection that ended had got its welcome frame
+      // Failed attempts on a fallback transport since the last welcome frame, and whether the
+      // fallback that worked had failed too before (a node outage rather than a blocked WebSocket).
+      this._fallbackFailures = 0;
+      this._outageSuspected = false;
+      this._openTimer = null;
+      /** The transport of the current connection or attempt ('websocket' | 'sse' | 'http-stream'). */
+      this.transport = null;
       /** The latest welcome frame, and its session and node. */
       this.welcome = null;
       this.session = null;
@@ -373,12 +673,59 @@
       if (this._reconnectTimer) { clearTimeout(this._reconnectTimer); this._reconnectTimer = null; }
     }
 
+    /** The transport for the next attempt (PROTOCOL.md §2.5; CLIENT.md "Transports"). */
+    _pickTransport() {
+      var list = this.options.transports;
+      if (this._ti !== 0 && this._lostWelcomed && this._fellBackAt != null &&
+          (this._outageSuspected || Date.now() - this._fellBackAt >= this.options.fallbackRetryMs)) {
+        // A reconnect after a working connection on a fallback, long enough after falling
+        // back (or after a fallback chosen during what looked like an outage): try the first
+        // transport again (it may pass now: another network, a fixed proxy, the node is back).
+        this._ti = 0;
+        this._outageSuspected = false;
+        this._tFails = 0;
+        this._fellBackAt = null;
+      }
+      for (var n = 0; n < list.length; n++) {
+        var i = (this._ti + n) % list.length;
+        if (this._transportAvailable(list[i])) {
+          if (i !== this._ti) { this._ti = i; this._tFails = 0; }
+          return list[i];
+        }
+      }
+      return null;
+    }
+
+    _transportAvailable(kind) {
+      if (kind === 'websocket') return typeof this._WebSocket === 'function';
+      if (typeof this._fetch !== 'function') return false;
+      if (kind === 'sse') return typeof this._EventSource === 'function';
+      return typeof TextDecoder === 'function';
+    }
+
+    /** An attempt on the current transport ended before its welcome frame. */
+    _transportFailed() {
+      var list = this.options.transports;
+      this._tFails++;
+      if (this._ti !== 0) this._fallbackFailures++;
+      if (this._tFails < FALLBACK_AFTER || list.length < 2) return;
+      if (this._ti === 0) this._fellBackAt = Date.now();
+      this._ti = (this._ti + 1) % list.length;
+      this._tFails = 0;
+      if (this._ti === 0) this._fellBackAt = null; // every transport failed: from the top
+    }
+
+    _clearOpenTimer() {
+      if (this._openTimer) { clearTimeout(this._openTimer); this._openTimer = null; }
+    }
+
     _open() {
       this._clearReconnect();
       var gen = ++this._gen;
       var self = this;
+      this.transport = this._pickTransport();
       this._setState('connecting');
-      this._emit('connecting', { attempt: this._attempt });
+      this._emit('connecting', { attempt: this._attempt, transport: this.transport });
       if (!this._getToken) { this._openSocket(this._token); return; }
       Promise.resolve().then(function () { return self._getToken(); }).then(function (token) {
         if (gen !== self._gen || !self._want) return;
@@ -393,17 +740,30 @@
 
     _openSocket(token) {
       var ws;
+      var kind = this.transport;
+      this._welcomed = false;
+      this._attemptOpen = kind != null;
       try {
-        if (typeof this._WebSocket !== 'function') throw new HeraldError('unsupported', 'no WebSocket implementation');
-        ws = new this._WebSocket(buildUrl(this.url, token));
+        if (kind === 'websocket') ws = new this._WebSocket(buildUrl(this.url, token));
+        else if (kind === 'sse') ws = new SseConnection(this, token);
+        else if (kind === 'http-stream') ws = new FetchStreamConnection(this, token);
+        else throw new HeraldError('unsupported', 'none of the transports ' + this.options.transports.join(', ') + ' is available here');
       } catch (err) {
         this._emit('error', err);
-        this._socketClosed(1006, 'could not open WebSocket', false);
+        this._socketClosed(1006, 'could not open ' + (kind || 'a connection'), false);
         return;
       }
       this._ws = ws;
       var self = this;
-      ws.onmessage = function (ev) { if (self._ws === ws) self._onFrame(ev.data); };
+      // No welcome frame within openTimeoutMs: the attempt failed (a proxy that swallows
+      // the upgrade, a response that a proxy buffers).
+      var ms = this.options.openTimeoutMs;
+      this._clearOpenTimer();
+      this._openTimer = setTimeout(function () {
+        self._openTimer = null;
+        if (self._ws === ws && !self._welcomed) self._dropSocket(1006, 'no welcome frame within ' + ms + ' ms');
+      }, ms);
+      ws.onmessage = function (ev) { if (self._ws === ws) self._onFrame(ev.frame !== undefined ? ev.frame : ev.data); };
       ws.onclose = function (ev) {
         if (self._ws !== ws) return;
         self._ws = null;
@@ -429,7 +789,7 @@
     _onFrame(data) {
       var msg;
       try {
-        msg = JSON.parse(typeof data === 'string' ? data : String(data));
+        msg = data !== null && typeof data === 'object' ? data : JSON.parse(typeof data === 'string' ? data : String(data));
       } catch (e) {
         this._emit('error', new HeraldError('bad_frame', 'a frame from the node is not JSON'));
         return;
@@ -446,6 +806,13 @@
     }
 
     _onWelcome(msg) {
+      this._welcomed = true;
+      this._tFails = 0;
+      // A fallback that had failed as well before it worked: every transport was failing,
+      // as during a node outage, so the WebSocket may well pass; the next reconnect tries it.
+      this._outageSuspected = this._ti !== 0 && this._fallbackFailures > 0;
+      this._fallbackFailures = 0;
+      this._clearOpenTimer();
       this.welcome = msg;
       this.session = msg.session != null ? msg.session : null;
       this.node = msg.node != null ? msg.node : null;
@@ -599,6 +966,11 @@
 
     _socketClosed(code, reason, clientInitiated) {
       this._stopPing();
+      this._clearOpenTimer();
+      if (this._attemptOpen && !this._welcomed && !clientInitiated) this._transportFailed();
+      if (this._attemptOpen) this._lostWelcomed = this._welcomed;
+      this._attemptOpen = false;
+      this._welcomed = false;
       var pending = this._pending;
       this._pending = new Map();
       pending.forEach(function (p) {
@@ -640,6 +1012,8 @@
   Herald.backoffDelay = backoffDelay;
   Herald.closeAction = closeAction;
   Herald.buildUrl = buildUrl;
+  Herald.buildHttpUrl = buildHttpUrl;
+  Herald.transports = TRANSPORTS.slice();
   Herald.version = '1.0.0';
   Herald.protocolVersion = 1;
 

@@ -9,4 +9,5 @@ export const Subscription = Herald.Subscription;
 export const backoffDelay = Herald.backoffDelay;
 export const closeAction = Herald.closeAction;
 export const buildUrl = Herald.buildUrl;
+export const buildHttpUrl = Herald.buildHttpUrl;
 export default Herald;

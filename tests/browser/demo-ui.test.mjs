@@ -88,7 +88,9 @@ describe('demo page UI (stub node)', { skip: !haveChromium() && 'no Chromium at 
   async function openPage(label) {
     const page = await newPage(browser, errors, label);
     await page.addInitScript(installFakeNode);
-    await page.goto(base + '/');
+    // The fake is a WebSocket only: no falling back to SSE / http-stream against this
+    // static server when the fake node is "down" (fallback.test.mjs covers that).
+    await page.goto(base + '/?transports=websocket');
     await page.waitForFunction(() => window.heraldDemo && window.heraldDemo.subscription.active);
     return page;
   }

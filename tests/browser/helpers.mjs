@@ -207,15 +207,29 @@ export function launchBrowser() {
 // is down or draining while the page retries). Those are the expected cost of a restart,
 // not page errors; everything else logged as an error fails the test.
 const EXPECTED_CONSOLE = [/^WebSocket connection to '.*' failed/];
+// The same goes for the HTTP streaming transports (PROTOCOL §2.5): while a node is down, or
+// a proxy answers 502 for it, Chromium logs each failed GET /sse, POST /stream or POST
+// /emulation (a 404/410 from /emulation is a session that is gone: the client reconnects).
+const TRANSPORT_PATH = /^\/(sse|stream|emulation)$/;
+
+function expectedConsole(msg) {
+  const text = msg.text();
+  if (EXPECTED_CONSOLE.some((re) => re.test(text))) return true;
+  if (!/^Failed to load resource: /.test(text)) return false;
+  try {
+    return TRANSPORT_PATH.test(new URL(msg.location().url).pathname);
+  } catch {
+    return false;
+  }
+}
 
 /** Record page errors and console errors of a page into `errors`. */
 export function watchErrors(page, errors, label) {
   page.on('pageerror', (err) => errors.push(`${label}: pageerror: ${err.message}`));
   page.on('console', (msg) => {
     if (msg.type() !== 'error') return;
-    const text = msg.text();
-    if (EXPECTED_CONSOLE.some((re) => re.test(text))) return;
-    errors.push(`${label}: console.error: ${text}`);
+    if (expectedConsole(msg)) return;
+    errors.push(`${label}: console.error: ${msg.text()} (${msg.location().url || 'no url'})`);
   });
   page.on('crash', () => errors.push(`${label}: page crashed`));
 }

@@ -57,6 +57,9 @@ describe('demo page on two herald nodes (plain channel)', { skip: skipReason }, 
     assert.equal(await alice.textContent('#node'), 'node-a');
     assert.equal(await bob.textContent('#node'), 'node-b');
     assert.equal(await alice.textContent('#state'), 'connected');
+    // Where the WebSocket passes, it is the transport (fallback.test.mjs: where it does not).
+    assert.equal(await alice.textContent('#transport'), 'websocket');
+    assert.equal(await bob.evaluate(() => window.heraldDemo.client.transport), 'websocket');
 
     await sendViaUi(alice, 'alice', 'hello from node-a');
     await waitForText(bob, 'hello from node-a');

@@ -11,6 +11,7 @@ function setup(t, options = {}) {
   const { FakeWebSocket, sockets } = makeFakeWebSocket();
   const client = new Herald(URL_, {
     WebSocket: FakeWebSocket,
+    transports: ['websocket'], // the WebSocket alone; tests/js/transports.test.mjs has the others
     random: () => 0, // reconnect at once unless a test says otherwise
     requestTimeoutMs: 200,
     ...options,
