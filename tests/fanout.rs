@@ -75,7 +75,7 @@ async fn redis_subscriptions_follow_local_interest() {
     let b = start(config(Some(&redis), "b")).await;
     let channels = |r: &Redis| {
         let mut v: Vec<String> = r
-            .cli(&["PUBSUB", "CHANNELS", "herald:*"])
+            .cli(&["PUBSUB", "CHANNELS", "herald:{*"])
             .lines()
             .filter(|l| !l.is_empty())
             .map(String::from)

@@ -24,9 +24,10 @@ async fn wait_ready_status(addr: SocketAddr, status: u16, limit: Duration) -> Du
     panic!("/readyz of {addr} answered {last}, not {status}, after {limit:?}");
 }
 
+/// The pub/sub channels of Herald channels (`herald:{c}:ch`; not node channels).
 fn pubsub_channels(redis: &Redis) -> Vec<String> {
     let mut v: Vec<String> = redis
-        .cli(&["PUBSUB", "CHANNELS", "herald:*"])
+        .cli(&["PUBSUB", "CHANNELS", "herald:{*"])
         .lines()
         .filter(|l| !l.is_empty())
         .map(String::from)
@@ -135,8 +136,13 @@ async fn redis_restart_is_survived_without_reconnecting_clients() {
         let took = wait_ready_status(node.addr, 200, Duration::from_secs(12)).await;
         eprintln!("{} ready {took:?} after the restart", node.addr);
     }
-    // Both nodes are subscribed to the channel again in the new (empty) Redis.
+    // Both nodes are subscribed to the channel again in the new (empty) Redis, and
+    // each to its own node channel (PROTOCOL §4).
     assert_eq!(pubsub_channels(&redis), vec!["herald:{news}:ch"]);
+    let node_channels = redis.cli(&["PUBSUB", "CHANNELS", "herald:node:*"]);
+    let mut node_channels: Vec<&str> = node_channels.lines().filter(|l| !l.is_empty()).collect();
+    node_channels.sort();
+    assert_eq!(node_channels, vec!["herald:node:{a}", "herald:node:{b}"]);
     let numsub = redis.cli(&["PUBSUB", "NUMSUB", "herald:{news}:ch"]);
     assert_eq!(
         numsub.lines().nth(1).map(str::trim),

@@ -28,6 +28,8 @@ mod publish;
 mod pubsub;
 mod reader;
 mod reply;
+mod script;
+mod supervise;
 mod tls;
 mod topology;
 
@@ -56,6 +58,7 @@ use pubsub::PubSub;
 use topology::Probes;
 
 pub use keys::Keys;
+pub use script::LuaScript;
 pub use tls::{RedisTls, TlsError, TlsFiles};
 
 /// Longest a node waits at shutdown for Redis to acknowledge `QUIT` on both
@@ -157,8 +160,8 @@ impl RedisBackplane {
         let reconnects = self.subscriber.reconnect_rx();
         let errors = self.subscriber.error_rx();
         let messages = self.subscriber.message_rx();
-        self.client.connect();
-        self.subscriber.connect();
+        supervise::keep_connected(self.client.clone(), "commands", shutdown.clone());
+        supervise::keep_connected(self.subscriber.clone(), "subscriber", shutdown.clone());
         let probes = Arc::new(Probes::default());
         reader::spawn(
             messages,

@@ -2,10 +2,10 @@
 //! answers the epoch and newest offset, then `[id, frame]` pairs, and starts an epoch
 //! for a channel that has none. Writing the history is `publish.rs`'s.
 
+use super::script::LuaScript;
 use axum::extract::ws::Utf8Bytes;
 use fred::clients::Client;
 use fred::prelude::*;
-use fred::types::scripts::Script;
 
 use super::keys::Keys;
 use super::reply::{map_err, parse_position, value_str};
@@ -27,7 +27,7 @@ fn script_args(query: Option<HistoryQuery>) -> (&'static str, u64, Option<u64>) 
 pub(super) struct HistoryScript {
     client: Client,
     keys: Keys,
-    script: Script,
+    script: LuaScript,
 }
 
 impl HistoryScript {
@@ -35,7 +35,7 @@ impl HistoryScript {
         Self {
             client,
             keys,
-            script: Script::from_lua(HISTORY_LUA),
+            script: LuaScript::new(HISTORY_LUA),
         }
     }
 
@@ -57,7 +57,7 @@ impl HistoryScript {
         ];
         let reply: Vec<Value> = self
             .script
-            .evalsha_with_reload(&self.client, keys, args)
+            .run(&self.client, keys, args)
             .await
             .map_err(map_err)?;
         parse_history(reply)

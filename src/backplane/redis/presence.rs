@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use super::script::LuaScript;
 use fred::clients::Client;
 use fred::prelude::*;
-use fred::types::scripts::Script;
 
 use super::keys::Keys;
 use super::reply::{map_err, value_str};
@@ -24,10 +24,10 @@ const SWEEP_BATCH: i64 = 1000;
 pub(super) struct Presence {
     client: Client,
     keys: Keys,
-    join: Script,
-    leave: Script,
-    refresh: Script,
-    sweep: Script,
+    join: LuaScript,
+    leave: LuaScript,
+    refresh: LuaScript,
+    sweep: LuaScript,
 }
 
 impl Presence {
@@ -35,10 +35,10 @@ impl Presence {
         Self {
             client,
             keys,
-            join: Script::from_lua(PRESENCE_JOIN_LUA),
-            leave: Script::from_lua(PRESENCE_LEAVE_LUA),
-            refresh: Script::from_lua(PRESENCE_REFRESH_LUA),
-            sweep: Script::from_lua(PRESENCE_SWEEP_LUA),
+            join: LuaScript::new(PRESENCE_JOIN_LUA),
+            leave: LuaScript::new(PRESENCE_LEAVE_LUA),
+            refresh: LuaScript::new(PRESENCE_REFRESH_LUA),
+            sweep: LuaScript::new(PRESENCE_SWEEP_LUA),
         }
     }
 
@@ -58,7 +58,7 @@ impl Presence {
         ];
         let new: i64 = self
             .join
-            .evalsha_with_reload(&self.client, self.keys.presence(channel), args)
+            .run(&self.client, self.keys.presence(channel), args)
             .await
             .map_err(map_err)?;
         Ok(new == 1)
@@ -76,7 +76,7 @@ impl Presence {
         ];
         let gone: i64 = self
             .leave
-            .evalsha_with_reload(&self.client, self.keys.presence(channel), args)
+            .run(&self.client, self.keys.presence(channel), args)
             .await
             .map_err(map_err)?;
         Ok(gone == 1)
@@ -100,7 +100,7 @@ impl Presence {
         }
         let restored: i64 = self
             .refresh
-            .evalsha_with_reload(&self.client, self.keys.presence(channel), args)
+            .run(&self.client, self.keys.presence(channel), args)
             .await
             .map_err(map_err)?;
         Ok(restored.max(0) as u64)
@@ -111,7 +111,7 @@ impl Presence {
         let args: Vec<Value> = vec![now_ms().into(), SWEEP_BATCH.into()];
         let reply: Vec<Value> = self
             .sweep
-            .evalsha_with_reload(&self.client, self.keys.presence(channel), args)
+            .run(&self.client, self.keys.presence(channel), args)
             .await
             .map_err(map_err)?;
         Ok(parse_swept(&reply))

@@ -7,9 +7,9 @@
 //! `{channel}` slot, so a script may do both). Checking the link first is the
 //! engine's (`redis.rs`); reading history back is `history.rs`'s.
 
+use super::script::LuaScript;
 use fred::clients::Client;
 use fred::prelude::*;
-use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand};
 
 use std::sync::Arc;
@@ -27,19 +27,19 @@ const IDEMPOTENT_LUA: &str = include_str!("../idempotent_publish.lua");
 
 /// A script as written (classic pub/sub) and as its sharded twin.
 struct Scripts {
-    classic: Script,
-    sharded: Script,
+    classic: LuaScript,
+    sharded: LuaScript,
 }
 
 impl Scripts {
     fn new(lua: &str) -> Self {
         Self {
-            classic: Script::from_lua(lua),
-            sharded: Script::from_lua(sharded_lua(lua)),
+            classic: LuaScript::new(lua),
+            sharded: LuaScript::new(sharded_lua(lua)),
         }
     }
 
-    fn pick(&self, sharded: bool) -> &Script {
+    fn pick(&self, sharded: bool) -> &LuaScript {
         if sharded {
             &self.sharded
         } else {
@@ -103,7 +103,7 @@ impl Publisher {
         let status: String = self
             .idempotent_script
             .pick(self.pubsub.sharded())
-            .evalsha_with_reload(&self.client, keys, args)
+            .run(&self.client, keys, args)
             .await
             .map_err(map_err)?;
         match status.as_str() {
@@ -142,7 +142,7 @@ impl Publisher {
         let reply: Vec<Value> = self
             .publish_script
             .pick(self.pubsub.sharded())
-            .evalsha_with_reload(&self.client, keys, args)
+            .run(&self.client, keys, args)
             .await
             .map_err(map_err)?;
         parse_durable(&reply)

@@ -28,7 +28,9 @@ pub(super) fn map_err(e: Error) -> BackplaneError {
         | ErrorKind::Timeout
         | ErrorKind::Canceled
         | ErrorKind::Backpressure
-        | ErrorKind::Cluster => BackplaneError::Unavailable(e.to_string()),
+        | ErrorKind::Cluster
+        // fred could not route a command while a slot moves ("Max attempts reached").
+        | ErrorKind::Routing => BackplaneError::Unavailable(e.to_string()),
         _ if is_transient(e.details()) => BackplaneError::Unavailable(e.to_string()),
         _ => BackplaneError::Protocol(e.to_string()),
     }
@@ -88,6 +90,8 @@ mod tests {
             let e = map_err(Error::new(ErrorKind::Unknown, d));
             assert!(matches!(e, BackplaneError::Unavailable(_)), "{d}: {e:?}");
         }
+        let e = map_err(Error::new(ErrorKind::Routing, "Max attempts reached."));
+        assert!(matches!(e, BackplaneError::Unavailable(_)), "{e:?}");
         for d in [
             "ERR Error running script",
             "NOSCRIPT",

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use crate::backplane::redis::LuaScript;
 use fred::clients::Client;
 use fred::prelude::*;
-use fred::types::scripts::Script;
 
 const LEASE_LUA: &str = include_str!("../lease.lua");
 const LEASE_RELEASE_LUA: &str = include_str!("../lease_release.lua");
@@ -17,8 +17,8 @@ pub(super) struct Lease {
     key: String,
     /// This node.
     me: String,
-    take: Script,
-    release: Script,
+    take: LuaScript,
+    release: LuaScript,
 }
 
 impl Lease {
@@ -26,8 +26,8 @@ impl Lease {
         Self {
             key: format!("{prefix}:ingest:{stream}:{group}:lease"),
             me: me.to_string(),
-            take: Script::from_lua(LEASE_LUA),
-            release: Script::from_lua(LEASE_RELEASE_LUA),
+            take: LuaScript::new(LEASE_LUA),
+            release: LuaScript::new(LEASE_RELEASE_LUA),
         }
     }
 
@@ -36,10 +36,10 @@ impl Lease {
     pub(super) async fn take(&self, client: &Client, hold_for: Duration) -> Result<bool, Error> {
         let status: i64 = self
             .take
-            .evalsha_with_reload(
+            .run(
                 client,
                 vec![self.key.clone()],
-                vec![self.me.clone(), (hold_for.as_millis() as i64).to_string()],
+                vec![self.me.clone().into(), (hold_for.as_millis() as i64).into()],
             )
             .await?;
         Ok(status != 0)
@@ -50,7 +50,7 @@ impl Lease {
     pub(super) async fn release(&self, client: &Client) {
         let _: Result<i64, _> = self
             .release
-            .evalsha_with_reload(client, vec![self.key.clone()], vec![self.me.clone()])
+            .run(client, vec![self.key.clone()], vec![self.me.clone().into()])
             .await;
     }
 }
