@@ -23,6 +23,7 @@ use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Identity, permits};
 use crate::backplane::PresenceEntry;
@@ -63,9 +64,11 @@ const STREAM_KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub const STREAM_INPUT: usize = 32;
 
 /// A session's client frames on an HTTP streaming transport, posted to
-/// `POST /emulation` on any node and handed over here.
+/// `POST /emulation` on any node and handed over here, and the sign that its
+/// response is gone (the client closed it).
 pub struct StreamInput {
     pub rx: mpsc::Receiver<String>,
+    pub gone: CancellationToken,
 }
 
 /// Where a session's client frames come from.
@@ -91,9 +94,12 @@ enum Event {
 impl Input<'_> {
     async fn next(&mut self) -> Event {
         match self {
-            Input::Stream(input) => match input.rx.recv().await {
-                Some(text) => Event::Text(text.into()),
-                None => Event::Gone,
+            Input::Stream(input) => tokio::select! {
+                text = input.rx.recv() => match text {
+                    Some(text) => Event::Text(text.into()),
+                    None => Event::Gone,
+                },
+                _ = input.gone.cancelled() => Event::Gone,
             },
             Input::WebSocket(stream) => match stream.next().await {
                 None => Event::Gone,
@@ -196,12 +202,14 @@ pub async fn run(upgraded: Upgraded, state: Arc<AppState>, identity: Identity) {
 }
 
 /// Runs a session on an HTTP streaming transport (PROTOCOL §2.5) to its end. `socket`
-/// is the response body's sink; `transport` names it in the welcome frame.
+/// is the response body's sink; `transport` names it in the welcome frame; `gone` is
+/// cancelled when the response is dropped (the client went away).
 pub async fn run_stream(
     socket: Socket,
     transport: &'static str,
     state: Arc<AppState>,
     identity: Identity,
+    gone: CancellationToken,
 ) {
     let limits = &state.config.limits;
     let (outbox, control) = Outbox::new(socket, limits.outbox_messages);
@@ -231,7 +239,7 @@ pub async fn run_stream(
         &key,
     );
     outbox.push(Frame::text(welcome));
-    let mut input = StreamInput { rx };
+    let mut input = StreamInput { rx, gone };
     serve(
         &state,
         id,

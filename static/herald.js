@@ -367,6 +367,12 @@
           return;
         }
         if (status === 429) { self._failPost('rate_limited', 'the session has too many frames waiting (HTTP 429)'); return; }
+        if (status === 504) {
+          // The session's node did not say in time whether it took the frame: it may
+          // have. Posting it again could run the op twice, so the request waits for its
+          // reply on the stream, or for its own timeout.
+          self._queue.shift(); self._nextPost(); return;
+        }
         if (status >= 500) { self._retry(text, tries, 'HTTP ' + status); return; }
         var code = status === 403 ? 'forbidden' : status === 413 ? 'limit_exceeded' : status === 401 ? 'unauthorized' : 'bad_request';
         self._failPost(code, 'POST /emulation answered HTTP ' + status);

@@ -13,7 +13,8 @@
 //! | 410 | that node is not in the fleet any more: reconnect |
 //! | 413 | the frame is above `limits.max_frame_bytes` |
 //! | 429 | the session's queue is full: its client posts faster than it is served |
-//! | 503 | the backplane is unreachable, or the node did not answer in time: retry |
+//! | 503 | the backplane is unreachable, or too many frames wait for other nodes: retry |
+//! | 504 | the session's node did not answer in time: the frame may have arrived |
 //!
 //! Rate limits, token rules and namespace rules are the session's, exactly as on a
 //! WebSocket; getting the frame to another node is [`crate::relay`]'s.
@@ -101,6 +102,13 @@ pub async fn emulation_handler(
                 "that node is not in the fleet any more: reconnect",
             );
             *r.status_mut() = StatusCode::GONE;
+            r
+        }
+        // The frame may have reached the session: its reply, if any, comes on the
+        // stream. A retry could run the op twice, so this is not a 503.
+        Err(e @ RelayError::NoAnswer(_)) => {
+            let mut r = error_response(ErrorCode::Unavailable, &e.to_string());
+            *r.status_mut() = StatusCode::GATEWAY_TIMEOUT;
             r
         }
         Err(e) => error_response(ErrorCode::Unavailable, &e.to_string()),

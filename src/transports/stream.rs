@@ -16,6 +16,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::admission;
 use crate::connection::http_slot::HttpSlot;
@@ -87,14 +88,20 @@ fn open(
         slot.release();
     }
     let (sink, mut rx) = StreamSink::new(encoding);
+    // hyper drops the body when the client goes away; the session learns it at once
+    // through this token instead of at its next write (up to a keep-alive later).
+    let gone = CancellationToken::new();
     let session_state = state.clone();
     state.tracker.spawn(session::run_stream(
         Socket::stream(sink),
         transport,
         session_state,
         identity,
+        gone.clone(),
     ));
+    let dropped = gone.drop_guard();
     let chunks = futures_util::stream::poll_fn(move |cx| {
+        let _dropped = &dropped;
         rx.poll_recv(cx).map(|chunk| chunk.map(Ok::<_, Infallible>))
     });
     let body = Body::from_stream(chunks);

@@ -305,6 +305,21 @@ test('/emulation 503 and network errors: the post is retried; after a few tries 
   assert.equal(client.state, 'connected', 'the session itself is fine');
 });
 
+test('/emulation 504: the frame may have arrived, so it is not posted again; the reply still resolves the request', async (t) => {
+  const { client, http, es } = await onSse(t, { requestTimeoutMs: 5000 });
+  http.hooks.emulation = (body, target) => {
+    // The node relayed the frame but its answer was lost.
+    target.sent.push(body.frame);
+    return 504;
+  };
+  const p = client.publish('chat:a', 'once');
+  const f = await waitFor(() => es.lastOp('publish'));
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(http.posts.length, 1, 'not posted again');
+  es.reply(f.id, { ok: 1 });
+  assert.deepEqual(await p, { ok: 1 });
+});
+
 for (const status of [404, 410]) {
   test(`/emulation ${status}: the session is gone, reconnect and recover`, async (t) => {
     const { client, http, es, events } = await onSse(t);
