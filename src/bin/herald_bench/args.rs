@@ -14,9 +14,9 @@ pub enum Via {
     Ws,
     /// Alternating, publish by publish.
     Both,
-    /// Straight into Redis (`--redis`), as a backend may: `PUBLISH` for plain
-    /// channels, Herald's publish script for durable ones. The nodes do no ingress
-    /// work, only pub/sub receipt and fan-out.
+    /// Straight into Redis (`--redis`), as a backend may: `PUBLISH` (or `SPUBLISH`)
+    /// for plain channels, Herald's publish script for durable ones. The nodes do no
+    /// ingress work, only pub/sub receipt and fan-out.
     Redis,
 }
 
@@ -95,9 +95,15 @@ pub struct Args {
     /// Bearer key for /api/publish (where the nodes require one).
     #[arg(long, env = "HERALD_BENCH_API_KEY")]
     pub api_key: Option<String>,
-    /// The Redis the nodes use, for `--via redis` (redis://127.0.0.1:PORT).
+    /// The Redis the nodes use, for `--via redis`: `redis://127.0.0.1:PORT`, or
+    /// `redis-cluster://127.0.0.1:PORT?node=127.0.0.1:PORT&…` for Redis Cluster (each
+    /// publish goes to the primary owning its channel's slot).
     #[arg(long)]
     pub redis: Option<String>,
+    /// `--via redis`: `SPUBLISH` instead of `PUBLISH` (sharded pub/sub, for nodes with
+    /// `redis.pubsub` sharded; plain channels only).
+    #[arg(long)]
+    pub redis_sharded: bool,
     /// The nodes' key prefix, for `--via redis`.
     #[arg(long, default_value = "herald")]
     pub redis_prefix: String,

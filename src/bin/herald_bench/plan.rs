@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::args::{Args, Via};
+use crate::resp::cluster::RedisTarget;
 
 /// Everything a task needs to know about the scenario.
 pub struct Plan {
@@ -21,7 +22,9 @@ pub struct Plan {
     pub api_key: Option<String>,
     pub ws_config: WebSocketConfig,
     /// Where `--via redis` publishes.
-    pub redis: Option<SocketAddr>,
+    pub redis: Option<RedisTarget>,
+    /// `SPUBLISH` instead of `PUBLISH`.
+    pub redis_sharded: bool,
     pub redis_prefix: String,
     /// The durable namespace's `history_size`, for the durable script.
     pub history_size: u64,
@@ -52,7 +55,8 @@ impl Plan {
             via: args.via,
             frame_bytes: args.frame_bytes,
             api_key: args.api_key.clone(),
-            redis: redis_addr(args)?,
+            redis: redis_target(args)?,
+            redis_sharded: args.redis_sharded,
             redis_prefix: args.redis_prefix.clone(),
             history_size: args.history_size,
             history_ttl_secs: args.history_ttl.as_secs().max(1),
@@ -68,6 +72,11 @@ impl Plan {
 
     pub fn channel(&self, i: u64) -> String {
         format!("{}{}", self.prefix, i % self.channels as u64)
+    }
+
+    /// The Redis pub/sub channel of Herald channel `channel` (PROTOCOL §4).
+    pub fn pubsub_channel(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}:ch", self.redis_prefix)
     }
 
     /// Subscribers of channel index `c`.
@@ -99,18 +108,16 @@ pub fn total_publishes(args: &Args) -> u64 {
 }
 
 /// The Redis of `--redis` (needed by `--via redis`), which must be on loopback.
-fn redis_addr(args: &Args) -> anyhow::Result<Option<SocketAddr>> {
+fn redis_target(args: &Args) -> anyhow::Result<Option<RedisTarget>> {
+    anyhow::ensure!(
+        !(args.redis_sharded && args.durable),
+        "--redis-sharded publishes plain channels only (the durable script publishes classic)"
+    );
     match (&args.via, &args.redis) {
         (Via::Redis, None) => anyhow::bail!("--via redis needs --redis redis://127.0.0.1:PORT"),
-        (_, Some(url)) => {
-            let hostport = url.strip_prefix("redis://").unwrap_or(url);
-            let addr: SocketAddr = hostport
-                .trim_end_matches('/')
-                .parse()
-                .map_err(|e| anyhow::anyhow!("--redis {url}: {e} (expected redis://IP:PORT)"))?;
-            anyhow::ensure!(addr.ip().is_loopback(), "--redis must be on loopback");
-            Ok(Some(addr))
-        }
+        (_, Some(url)) => RedisTarget::parse(url)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("--redis {url}: {e}")),
         (_, None) => Ok(None),
     }
 }
@@ -132,6 +139,7 @@ mod tests {
             frame_bytes: 100,
             api_key: None,
             redis: None,
+            redis_sharded: false,
             redis_prefix: "herald".into(),
             history_size: 100,
             history_ttl_secs: 600,

@@ -12,6 +12,7 @@ use crate::plan::Plan;
 use crate::probes::{ProcSample, cpu_delta, loadavg, metric_deltas};
 use crate::procfs;
 use crate::publish::PublishTimes;
+use crate::resp::cluster::RedisTarget;
 use crate::shared::{Hist, Hists, PUB_OK, PUB_SENT, Shared};
 
 /// What was measured up to the end of connecting and settling (before any publish).
@@ -163,6 +164,8 @@ fn scenario_json(args: &Args, plan: &Plan) -> Value {
         "via": format!("{:?}", args.via).to_lowercase(),
         "publishers_per_node": args.publishers,
         "redis_pipeline": args.redis_pipeline,
+        "redis_cluster": matches!(plan.redis, Some(RedisTarget::Cluster(_))),
+        "redis_sharded": args.redis_sharded,
         "frame_bytes": args.frame_bytes,
         "idle_s": args.idle.map(|d| d.as_secs_f64()),
         "tool_threads": args.threads,

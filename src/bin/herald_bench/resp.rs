@@ -1,9 +1,10 @@
 //! A minimal Redis client for `--via redis`: publishes straight into the backplane
 //! (PROTOCOL §4), the way a backend publishes without calling a node. A plain channel
-//! gets `PUBLISH` of a ready `message` frame; a durable one gets Herald's own publish
-//! script (`EVALSHA`), which PROTOCOL §4 names as the backends' way into durable
-//! channels. A publisher sends its due publishes as one pipeline (`--redis-pipeline`
-//! at most) and reads their replies in order.
+//! gets `PUBLISH` (`SPUBLISH` with `--redis-sharded`) of a ready `message` frame; a
+//! durable one gets Herald's own publish script (`EVALSHA`), which PROTOCOL §4 names
+//! as the backends' way into durable channels. A publisher sends its due publishes as
+//! one pipeline (`--redis-pipeline` at most) and reads their replies in order; on
+//! Redis Cluster, one pipeline per primary (`cluster`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,6 +12,10 @@ use std::net::SocketAddr;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// On Redis Cluster: the slot map, and which primary each publish goes to.
+#[path = "cluster.rs"]
+pub mod cluster;
 
 /// The script nodes run for a durable publish, byte for byte.
 const DURABLE_SCRIPT: &str = include_str!("../../backplane/publish.lua");
@@ -62,9 +67,18 @@ impl RespConn {
         })
     }
 
-    /// Queues `PUBLISH channel payload` (sent by the next `send`).
-    pub fn push_publish(&mut self, channel: &str, payload: &[u8]) {
-        self.push(&[b"PUBLISH", channel.as_bytes(), payload]);
+    /// Queues `PUBLISH channel payload`, or `SPUBLISH` when `sharded` (sent by the
+    /// next `send`).
+    pub fn push_publish(&mut self, channel: &str, payload: &[u8], sharded: bool) {
+        let command: &[u8] = if sharded { b"SPUBLISH" } else { b"PUBLISH" };
+        self.push(&[command, channel.as_bytes(), payload]);
+    }
+
+    /// Sends one command alone and reads its reply.
+    pub async fn command(&mut self, args: &[&[u8]]) -> io::Result<Reply> {
+        self.push(args);
+        self.send().await?;
+        self.read_reply().await
     }
 
     /// Queues Herald's durable publish of `channel` under `prefix`. Call
@@ -129,10 +143,11 @@ impl RespConn {
         }
     }
 
-    /// What a `PUBLISH` reply says: how many subscribers Redis reached.
+    /// What a `PUBLISH` (or `SPUBLISH`) reply says: how many subscribers Redis reached.
     pub fn publish_result(reply: Reply) -> Result<i64, String> {
         match reply {
             Reply::Int(n) => Ok(n),
+            Reply::Error(e) => Err(e),
             other => Err(format!("PUBLISH answered {other:?}")),
         }
     }
