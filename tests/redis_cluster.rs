@@ -46,20 +46,6 @@ fn node_config(cluster: &RedisCluster, id: &str, pubsub: RedisPubSub) -> herald:
     c
 }
 
-/// `n` channel names `<stem><i>` whose slot the primary on `port` owns.
-fn channels_on(cluster: &RedisCluster, port: u16, stem: &str, n: usize) -> Vec<String> {
-    let primary = cluster
-        .primaries()
-        .into_iter()
-        .find(|p| p.port == port)
-        .expect("a primary");
-    (0..)
-        .map(|i| format!("{stem}{i}"))
-        .filter(|c| primary.owns(cluster.keyslot(&format!("herald:{{{c}}}:ch"))))
-        .take(n)
-        .collect()
-}
-
 /// Every line of `PUBSUB SHARDCHANNELS` (or `CHANNELS`) on each primary.
 fn pubsub_on_primaries(cluster: &RedisCluster, what: &str) -> Vec<(u16, Vec<String>)> {
     cluster
@@ -113,7 +99,7 @@ async fn sharded_pub_sub_puts_each_channel_on_its_own_shard() {
     // Two channels on every shard.
     let mut channels = Vec::new();
     for p in cluster.primaries() {
-        channels.extend(channels_on(&cluster, p.port, "room", 2));
+        channels.extend(cluster.channels_on(p.port, "room", 2));
     }
     let mut clients = Vec::new();
     for n in &nodes {
@@ -224,25 +210,6 @@ async fn subscribe_all(addr: SocketAddr, channels: &[String]) -> Vec<Client> {
     out
 }
 
-/// Waits until the node was not ready and is ready again, within [`FAILOVER`] of
-/// `since`; returns when.
-async fn ready_again(addr: SocketAddr, since: Instant) -> Duration {
-    let mut was_down = false;
-    loop {
-        let st = ready_status(addr).await;
-        if st != 200 {
-            was_down = true;
-        } else if was_down {
-            return since.elapsed();
-        }
-        assert!(
-            since.elapsed() < FAILOVER,
-            "node {addr} not ready again (was down: {was_down})"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_channels_are_subscribed_again_within_two_seconds() {
     let mut cluster = RedisCluster::start();
@@ -260,7 +227,7 @@ async fn ten_thousand_channels_are_subscribed_again_within_two_seconds() {
     let victim = cluster.owner_of(cluster.keyslot("herald:{c0}:ch"));
     let killed = Instant::now();
     cluster.kill(victim);
-    let back = ready_again(node.addr, killed).await;
+    let back = ready_again(node.addr, killed, FAILOVER).await;
     cluster.wait_settled();
     let took = metric_of(node.addr, "herald_backplane_resubscribe_seconds").await;
     let events = metric_of(node.addr, "herald_backplane_reconnects_total").await
@@ -302,7 +269,7 @@ async fn a_url_naming_one_server_follows_its_failover() {
     c.subscribe("one").await;
     let killed = Instant::now();
     cluster.kill(victim);
-    let back = ready_again(node.addr, killed).await;
+    let back = ready_again(node.addr, killed, FAILOVER).await;
     let (st, body) = publish_http(node.addr, json!({"channel": "one", "data": 1})).await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(c.next_message(WAIT).await.expect("delivered")["data"], 1);
@@ -457,7 +424,7 @@ async fn a_killed_primary_loses_nothing_on_durable_channels() {
     let channels: Vec<String> = cluster
         .primaries()
         .iter()
-        .map(|p| channels_on(&cluster, p.port, "news:f", 1).remove(0))
+        .map(|p| cluster.channels_on(p.port, "news:f", 1).remove(0))
         .collect();
     let mut subs = Vec::new();
     for n in &nodes {
@@ -515,8 +482,8 @@ async fn a_migrating_slot_loses_nothing_durable_and_plain_resumes() {
     let a = start(node_config(&cluster, "a", RedisPubSub::Auto)).await;
     let b = start(node_config(&cluster, "b", RedisPubSub::Auto)).await;
     let primaries = cluster.primaries();
-    let durable = channels_on(&cluster, primaries[0].port, "news:m", 1);
-    let plain = channels_on(&cluster, primaries[0].port, "plain", 1).remove(0);
+    let durable = cluster.channels_on(primaries[0].port, "news:m", 1);
+    let plain = cluster.channels_on(primaries[0].port, "plain", 1).remove(0);
     let mut subs = Vec::new();
     for n in [&a, &b] {
         let mut c = Client::connect(n.addr).await;

@@ -115,27 +115,6 @@ fn on_owner(cluster: &RedisCluster, key: &str, args: &[&str]) -> String {
     cli_on(port, args).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The first `n` names `make(0)`, `make(1)`, … whose `key_of(name)` the primary on
-/// `port` owns.
-fn names_on(
-    cluster: &RedisCluster,
-    port: u16,
-    n: usize,
-    make: impl Fn(usize) -> String,
-    key_of: impl Fn(&str) -> String,
-) -> Vec<String> {
-    let primary = cluster
-        .primaries()
-        .into_iter()
-        .find(|p| p.port == port)
-        .expect("a primary");
-    (0..10_000)
-        .map(make)
-        .filter(|name| primary.owns(cluster.keyslot(&key_of(name))))
-        .take(n)
-        .collect()
-}
-
 /// One channel `<stem><i>` on each of the three primaries.
 fn channel_per_shard(cluster: &RedisCluster, stem: &str) -> Vec<String> {
     let ports: Vec<u16> = cluster.primaries().iter().map(|p| p.port).collect();
@@ -143,7 +122,8 @@ fn channel_per_shard(cluster: &RedisCluster, stem: &str) -> Vec<String> {
     ports
         .iter()
         .map(|port| {
-            names_on(cluster, *port, 1, |i| format!("{stem}{i}"), pubsub_of)
+            cluster
+                .names_on(*port, 1, |i| format!("{stem}{i}"), pubsub_of)
                 .pop()
                 .expect("a channel on the shard")
         })
@@ -604,15 +584,12 @@ async fn idempotent_publish_publishes_once_on_a_cluster() {
     let cluster = RedisCluster::start();
     let (a, b) = two_nodes(&cluster, &base_toml()).await;
     let ports: Vec<u16> = cluster.primaries().iter().map(|p| p.port).collect();
-    let plain = names_on(&cluster, ports[0], 1, |i| format!("once{i}"), pubsub_of).remove(0);
-    let durable = names_on(
-        &cluster,
-        ports[1],
-        1,
-        |i| format!("news:once{i}"),
-        pubsub_of,
-    )
-    .remove(0);
+    let plain = cluster
+        .names_on(ports[0], 1, |i| format!("once{i}"), pubsub_of)
+        .remove(0);
+    let durable = cluster
+        .names_on(ports[1], 1, |i| format!("news:once{i}"), pubsub_of)
+        .remove(0);
     let mut subs = Vec::new();
     for n in [&a, &b] {
         let mut c = Client::connect(n.addr).await;
@@ -815,8 +792,8 @@ async fn upstream_publishes_land_in_streams_on_the_cluster() {
     let up = |i: usize| format!("up{i}");
     let key = |ns: &str| format!("herald:upstream:{ns}");
     let namespaces = [
-        names_on(&cluster, ports[0], 1, up, key).remove(0),
-        names_on(&cluster, ports[1], 1, up, key).remove(0),
+        cluster.names_on(ports[0], 1, up, key).remove(0),
+        cluster.names_on(ports[1], 1, up, key).remove(0),
     ];
     let mut toml = base_toml();
     for ns in &namespaces {
@@ -981,32 +958,34 @@ async fn ingest_ordered_and_unordered_sources_on_a_cluster() {
     let cluster = RedisCluster::start();
     let ports: Vec<u16> = cluster.primaries().iter().map(|p| p.port).collect();
     // Streams on two shards, the channels they feed on the third.
-    let ordered = names_on(
-        &cluster,
-        ports[0],
-        1,
-        |i| format!("orders{i}.events"),
-        |s: &str| s.to_string(),
-    )
-    .remove(0);
-    let unordered = names_on(
-        &cluster,
-        ports[1],
-        1,
-        |i| format!("clicks{i}.events"),
-        |s: &str| s.to_string(),
-    )
-    .remove(0);
-    let customer = names_on(
-        &cluster,
-        ports[2],
-        1,
-        |i| format!("c{i}"),
-        |c| pubsub_of(&format!("orders:{c}")),
-    )
-    .remove(0);
+    let ordered = cluster
+        .names_on(
+            ports[0],
+            1,
+            |i| format!("orders{i}.events"),
+            |s: &str| s.to_string(),
+        )
+        .remove(0);
+    let unordered = cluster
+        .names_on(
+            ports[1],
+            1,
+            |i| format!("clicks{i}.events"),
+            |s: &str| s.to_string(),
+        )
+        .remove(0);
+    let customer = cluster
+        .names_on(
+            ports[2],
+            1,
+            |i| format!("c{i}"),
+            |c| pubsub_of(&format!("orders:{c}")),
+        )
+        .remove(0);
     let orders = format!("orders:{customer}");
-    let feed = names_on(&cluster, ports[2], 1, |i| format!("feed:f{i}"), pubsub_of).remove(0);
+    let feed = cluster
+        .names_on(ports[2], 1, |i| format!("feed:f{i}"), pubsub_of)
+        .remove(0);
     let toml = format!(
         r#"{}
 [namespaces.orders]

@@ -374,23 +374,10 @@ async fn a_failover_loses_nothing_on_durable_channels() {
     s.primary.kill();
 
     // Both nodes go unready, then ready again once on the promoted replica.
-    let back = |addr| async move {
-        let mut was_down = false;
-        loop {
-            let st = ready_status(addr).await;
-            if st != 200 {
-                was_down = true;
-            } else if was_down {
-                return killed.elapsed();
-            }
-            assert!(
-                killed.elapsed() < FAILOVER,
-                "node {addr} not ready again (was down: {was_down})"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    let ready_again = tokio::join!(back(a.addr), back(b.addr));
+    let back = tokio::join!(
+        ready_again(a.addr, killed, FAILOVER),
+        ready_again(b.addr, killed, FAILOVER)
+    );
     let promoted = s.master_port();
     assert_eq!(
         promoted,
@@ -459,6 +446,6 @@ async fn a_failover_loses_nothing_on_durable_channels() {
          {:?} and {:?}; first publish taken after {publishing_again:?}; {n} publishes taken, \
          {refused} answers 503 retried; 6 subscribers: 0 lost, 0 duplicated, {closed_4008} \
          closed with 4008 and recovered",
-        ready_again.0, ready_again.1
+        back.0, back.1
     );
 }

@@ -584,20 +584,6 @@ fn tls_cluster_config(
     c
 }
 
-/// `n` channel names `<stem><i>` whose slot the primary on `port` owns.
-fn channels_on(cluster: &RedisCluster, port: u16, stem: &str, n: usize) -> Vec<String> {
-    let primary = cluster
-        .primaries()
-        .into_iter()
-        .find(|p| p.port == port)
-        .expect("a primary");
-    (0..)
-        .map(|i| format!("{stem}{i}"))
-        .filter(|c| primary.owns(cluster.keyslot(&format!("herald:{{{c}}}:ch"))))
-        .take(n)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_cluster_is_sharded_and_delivers_on_every_shard() {
     let began = Instant::now();
@@ -646,8 +632,8 @@ async fn a_tls_cluster_is_sharded_and_delivers_on_every_shard() {
     let mut plain = Vec::new();
     let mut durable = Vec::new();
     for p in &primaries {
-        plain.extend(channels_on(&cluster, p.port, "room", 2));
-        durable.extend(channels_on(&cluster, p.port, "news:", 1));
+        plain.extend(cluster.channels_on(p.port, "room", 2));
+        durable.extend(cluster.channels_on(p.port, "news:", 1));
     }
     let (mut on_a, mut on_b) = (Client::connect(a.addr).await, Client::connect(b.addr).await);
     for ch in plain.iter().chain(&durable) {

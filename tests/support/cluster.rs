@@ -350,6 +350,38 @@ impl RedisCluster {
             .unwrap_or_else(|| panic!("no primary owns slot {slot}"))
     }
 
+    /// `n` names `make(i)` whose key (`key_of(name)`) lies in a slot of the primary on
+    /// `port`.
+    pub fn names_on(
+        &self,
+        port: u16,
+        n: usize,
+        make: impl Fn(usize) -> String,
+        key_of: impl Fn(&str) -> String,
+    ) -> Vec<String> {
+        let primary = self
+            .primaries()
+            .into_iter()
+            .find(|p| p.port == port)
+            .expect("a primary");
+        (0..10_000)
+            .map(make)
+            .filter(|name| primary.owns(self.keyslot(&key_of(name))))
+            .take(n)
+            .collect()
+    }
+
+    /// `n` Herald channel names `<stem><i>` whose pub/sub channel the primary on `port`
+    /// serves.
+    pub fn channels_on(&self, port: u16, stem: &str, n: usize) -> Vec<String> {
+        self.names_on(
+            port,
+            n,
+            |i| format!("{stem}{i}"),
+            |c| format!("herald:{{{c}}}:ch"),
+        )
+    }
+
     /// Kills the server on `port` (SIGKILL).
     pub fn kill(&mut self, port: u16) {
         if let Some(s) = self.servers.iter_mut().find(|s| s.port == port) {

@@ -321,6 +321,25 @@ pub async fn wait_ready(addr: SocketAddr) {
     }
 }
 
+/// Waits until the node at `addr` was not ready and is ready again, within `limit` of
+/// `since` (a failover); returns how long after `since` it was ready again.
+pub async fn ready_again(addr: SocketAddr, since: Instant, limit: Duration) -> Duration {
+    let mut was_down = false;
+    loop {
+        let st = ready_status(addr).await;
+        if st != 200 {
+            was_down = true;
+        } else if was_down {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < limit,
+            "node {addr} not ready again (was down: {was_down})"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub async fn ready_status(addr: SocketAddr) -> u16 {
     match http().get(format!("http://{addr}/readyz")).send().await {
         Ok(r) => r.status().as_u16(),
