@@ -164,14 +164,8 @@ pub async fn run(upgraded: Upgraded, state: Arc<AppState>, identity: Identity) {
         Some(config),
     )
     .await;
-    let id = state.register_session(control.clone());
-    // Unregisters the session however its task ends, a panic included.
-    let _registration = Registration {
-        state: state.clone(),
-        id,
-        control: control.clone(),
-    };
-    let name = session_name(id);
+    let registration = Registration::new(&state, &control);
+    let name = session_name(registration.id);
     let welcome = protocol::welcome_frame(
         &name,
         &state.config.node_id,
@@ -179,11 +173,9 @@ pub async fn run(upgraded: Upgraded, state: Arc<AppState>, identity: Identity) {
     );
     outbox.push(Frame::text(welcome));
     serve(
-        &state,
-        id,
+        &registration,
         &name,
         &outbox,
-        &control,
         identity,
         Input::WebSocket(&mut stream),
     )
@@ -213,12 +205,8 @@ pub async fn run_stream(
 ) {
     let limits = &state.config.limits;
     let (outbox, control) = Outbox::new(socket, limits.outbox_messages);
-    let id = state.register_session(control.clone());
-    let _registration = Registration {
-        state: state.clone(),
-        id,
-        control: control.clone(),
-    };
+    let registration = Registration::new(&state, &control);
+    let id = registration.id;
     let name = session_name(id);
     let key = session_key();
     let (tx, rx) = mpsc::channel(STREAM_INPUT);
@@ -241,11 +229,9 @@ pub async fn run_stream(
     outbox.push(Frame::text(welcome));
     let mut input = StreamInput { rx, gone };
     serve(
-        &state,
-        id,
+        &registration,
         &name,
         &outbox,
-        &control,
         identity,
         Input::Stream(&mut input),
     )
@@ -255,22 +241,21 @@ pub async fn run_stream(
 
 /// Serves a registered session's frames until it ends, then leaves its channels.
 async fn serve(
-    state: &Arc<AppState>,
-    id: SessionId,
+    registration: &Registration,
     name: &str,
     outbox: &Outbox,
-    control: &ControlHandle,
     identity: Identity,
     mut input: Input<'_>,
 ) {
+    let state = &registration.state;
     let presence = presence::entry_for(name, &identity);
     let mut session = Session {
         presence,
         limiter: RateLimiter::new(state.config.limits.messages_per_sec),
         state: state.clone(),
-        id,
+        id: registration.id,
         outbox: outbox.clone(),
-        control: control.clone(),
+        control: registration.control.clone(),
         identity,
         channels: HashSet::new(),
     };
@@ -285,6 +270,17 @@ struct Registration {
     state: Arc<AppState>,
     id: SessionId,
     control: ControlHandle,
+}
+
+impl Registration {
+    /// Registers a session; dropping the result unregisters it.
+    fn new(state: &Arc<AppState>, control: &ControlHandle) -> Self {
+        Self {
+            state: state.clone(),
+            id: state.register_session(control.clone()),
+            control: control.clone(),
+        }
+    }
 }
 
 impl Drop for Registration {
