@@ -317,6 +317,13 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    // Read at the scrape: a gauge kept in step by a task would say the same, later.
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    state
+        .metrics
+        .backplane_connected
+        .set(flag(state.link().connected));
+    state.metrics.ready.set(flag(state.is_ready()));
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

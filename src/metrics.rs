@@ -38,6 +38,10 @@ pub struct Metrics {
     /// How long the last re-subscription of every channel took (after a reconnect or
     /// a resync), in seconds.
     pub resubscribe_seconds: Gauge,
+    /// 1 while the link to the backplane is up; set when `/metrics` is read.
+    pub backplane_connected: Gauge,
+    /// 1 while `/readyz` answers 200; set when `/metrics` is read.
+    pub ready: Gauge,
     pub invalid_payloads: Counter,
     pub oversized_payloads: Counter,
     pub publish_errors: Counter,
@@ -75,8 +79,23 @@ impl Metrics {
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
         let r = &recorder;
+        // The version a node runs, for spotting a fleet of mixed versions mid-rollout.
+        r.describe_gauge(
+            "herald_build_info".into(),
+            None,
+            "always 1; the version label is the node's version".into(),
+        );
+        let build_info = Key::from_parts(
+            "herald_build_info",
+            vec![metrics::Label::new("version", env!("CARGO_PKG_VERSION"))],
+        );
+        r.register_gauge(&build_info, &METADATA).set(1.0);
         Self {
-            connections: gauge(r, "herald_connections", "open WebSocket connections"),
+            connections: gauge(
+                r,
+                "herald_connections",
+                "open sessions (WebSocket, SSE and HTTP streaming)",
+            ),
             subscriptions: gauge(
                 r,
                 "herald_subscriptions",
@@ -86,7 +105,7 @@ impl Metrics {
             connections_total: counter(
                 r,
                 "herald_connections_total",
-                "WebSocket connections accepted",
+                "sessions opened (WebSocket, SSE and HTTP streaming)",
             ),
             published: counter(
                 r,
@@ -127,6 +146,16 @@ impl Metrics {
                 r,
                 "herald_backplane_sharded_pubsub",
                 "1 while the node speaks sharded pub/sub (SSUBSCRIBE/SPUBLISH), else 0",
+            ),
+            backplane_connected: gauge(
+                r,
+                "herald_backplane_connected",
+                "1 while the node's link to the backplane is up, else 0",
+            ),
+            ready: gauge(
+                r,
+                "herald_ready",
+                "1 while the node is ready (/readyz 200), else 0",
             ),
             resubscribe_seconds: gauge(
                 r,
@@ -319,6 +348,15 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("herald_connections{node=\"n1\"} 1"), "{text}");
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(
+            text.contains(&format!(
+                "herald_build_info{{node=\"n1\",version=\"{version}\"}} 1"
+            )) || text.contains(&format!(
+                "herald_build_info{{version=\"{version}\",node=\"n1\"}} 1"
+            )),
+            "{text}"
+        );
         assert!(
             text.contains("herald_delivery_latency_seconds_bucket"),
             "{text}"

@@ -123,6 +123,13 @@ async fn redis_restart_is_survived_without_reconnecting_clients() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(ready_status(b.addr).await, 503);
     assert_eq!(ready_status(a.addr).await, 503);
+    for node in [&a, &b] {
+        assert_eq!(
+            metric_of(node.addr, "herald_backplane_connected").await,
+            0.0
+        );
+        assert_eq!(metric_of(node.addr, "herald_ready").await, 0.0);
+    }
     let health = http()
         .get(format!("http://{}/healthz", a.addr))
         .send()
@@ -135,6 +142,13 @@ async fn redis_restart_is_survived_without_reconnecting_clients() {
     for node in [&a, &b] {
         let took = wait_ready_status(node.addr, 200, Duration::from_secs(12)).await;
         eprintln!("{} ready {took:?} after the restart", node.addr);
+    }
+    for node in [&a, &b] {
+        assert_eq!(
+            metric_of(node.addr, "herald_backplane_connected").await,
+            1.0
+        );
+        assert_eq!(metric_of(node.addr, "herald_ready").await, 1.0);
     }
     // Both nodes are subscribed to the channel again in the new (empty) Redis, and
     // each to its own node channel (PROTOCOL §4).
