@@ -173,6 +173,17 @@ async fn a_frame_above_the_backplane_limit_reaches_no_subscriber() {
         metric_of(node.addr, "herald_backplane_invalid_payloads_total").await,
         0.0
     );
+    // The node channel (PROTOCOL §4) has the same limit.
+    let huge = vec![b'{'; 2 * 1024 * 1024];
+    let receivers = raw.publish_all("herald:node:{big}", &[huge]).await;
+    assert_eq!(receivers, vec![1], "the node listens on its node channel");
+    assert!(
+        eventually(WAIT, || async {
+            metric_of(node.addr, "herald_backplane_oversized_payloads_total").await == 2.0
+        })
+        .await,
+        "an oversized node message was not dropped as oversized"
+    );
     node.stop().await;
 }
 

@@ -130,8 +130,13 @@ fn deliver(msg: Message, to: &Destinations, drops: &Drops) {
     let inbound = to.inbound.as_ref();
     let Some(channel) = to.keys.channel_of(&msg.channel) else {
         if to.keys.is_node(&msg.channel) {
-            if let Some(bytes) = msg.value.as_bytes() {
-                inbound.node_message(bytes);
+            // Anyone with Redis access can write here too: the same size limit.
+            match msg.value.as_bytes() {
+                Some(bytes) if bytes.len() > drops.max_frame_bytes => {
+                    drops.oversized(&msg.channel, bytes.len());
+                }
+                Some(bytes) => inbound.node_message(bytes),
+                None => drops.invalid(&msg.channel, "not a string payload"),
             }
         } else if let Some(tag) = to.keys.probe_of(&msg.channel)
             && let Some(payload) = msg.value.as_str()
