@@ -278,49 +278,6 @@ async fn a_url_naming_one_server_follows_its_failover() {
 
 /// What one subscriber saw of one channel: (epoch, offset, data).
 type Seen = Vec<(String, u64, i64)>;
-/// What a publisher had taken: (data, epoch, offset) of each publish.
-type Taken = Vec<(i64, String, u64)>;
-
-/// One durable channel's publisher: publishes 1, 2, … one after the other to `channel`
-/// on `addr` until `stop`, retrying an answer 503; returns (data, epoch, offset) of
-/// each publish taken and the number of 503s.
-fn publisher(
-    addr: SocketAddr,
-    channel: String,
-    acked: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(Taken, u32)> {
-    tokio::spawn(async move {
-        let mut taken = Vec::new();
-        let mut refused = 0u32;
-        let mut i = 0i64;
-        while !stop.load(Ordering::Relaxed) {
-            i += 1;
-            let deadline = tokio::time::Instant::now() + FAILOVER;
-            loop {
-                let (st, body) = publish_http(addr, json!({"channel": channel, "data": i})).await;
-                if st == 200 {
-                    taken.push((
-                        i,
-                        body["epoch"].as_str().unwrap().to_string(),
-                        body["offset"].as_u64().unwrap(),
-                    ));
-                    acked.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-                assert_eq!(st, 503, "publish {i} to {channel}: {body}");
-                refused += 1;
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "publish {i} to {channel} refused for {FAILOVER:?}: {body}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        (taken, refused)
-    })
-}
 
 /// Reads `c` until it has seen offset `last` of `channel` or is closed; Some(code)
 /// when closed. Frames of other channels go to their own entry of `seen`.
@@ -442,7 +399,9 @@ async fn a_killed_primary_loses_nothing_on_durable_channels() {
     let publishers: Vec<_> = nodes
         .iter()
         .zip(&channels)
-        .map(|(n, ch)| publisher(n.addr, ch.clone(), acked.clone(), stop.clone()))
+        .map(|(n, ch)| {
+            retrying_publisher(n.addr, ch.clone(), acked.clone(), stop.clone(), FAILOVER)
+        })
         .collect();
     while acked.load(Ordering::Relaxed) < 60 {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -495,7 +454,13 @@ async fn a_migrating_slot_loses_nothing_durable_and_plain_resumes() {
 
     let acked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let p = publisher(a.addr, durable[0].clone(), acked.clone(), stop.clone());
+    let p = retrying_publisher(
+        a.addr,
+        durable[0].clone(),
+        acked.clone(),
+        stop.clone(),
+        FAILOVER,
+    );
     while acked.load(Ordering::Relaxed) < 30 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

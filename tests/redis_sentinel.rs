@@ -332,40 +332,13 @@ async fn a_failover_loses_nothing_on_durable_channels() {
     // A publisher on node a: one publish after the other, a 503 retried.
     let acked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let publisher = {
-        let (acked, stop, addr) = (acked.clone(), stop.clone(), a.addr);
-        tokio::spawn(async move {
-            let mut taken: Vec<(i64, String, u64)> = Vec::new();
-            let mut refused = 0u32;
-            let mut i = 0i64;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let deadline = tokio::time::Instant::now() + FAILOVER;
-                loop {
-                    let (st, body) =
-                        publish_http(addr, json!({"channel": "news:f", "data": i})).await;
-                    if st == 200 {
-                        taken.push((
-                            i,
-                            body["epoch"].as_str().unwrap().into(),
-                            body["offset"].as_u64().unwrap(),
-                        ));
-                        acked.store(i as u64, Ordering::Relaxed);
-                        break;
-                    }
-                    assert_eq!(st, 503, "publish {i}: {body}");
-                    refused += 1;
-                    assert!(
-                        tokio::time::Instant::now() < deadline,
-                        "publish {i} refused for {FAILOVER:?}: {body}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            (taken, refused)
-        })
-    };
+    let publisher = retrying_publisher(
+        a.addr,
+        "news:f".into(),
+        acked.clone(),
+        stop.clone(),
+        FAILOVER,
+    );
     while acked.load(Ordering::Relaxed) < 30 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

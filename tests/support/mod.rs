@@ -19,6 +19,8 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -352,6 +354,51 @@ pub fn http() -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
+}
+
+/// What a publisher had taken: (data, epoch, offset) of each publish, in order.
+pub type Taken = Vec<(i64, String, u64)>;
+
+/// One durable channel's publisher: publishes 1, 2, … one after the other to `channel`
+/// on `addr` until `stop`, retrying an answer 503 for up to `limit` (a failover);
+/// returns what was taken and the number of 503s. `acked` counts the publishes taken.
+pub fn retrying_publisher(
+    addr: SocketAddr,
+    channel: String,
+    acked: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    limit: Duration,
+) -> tokio::task::JoinHandle<(Taken, u32)> {
+    tokio::spawn(async move {
+        let mut taken = Vec::new();
+        let mut refused = 0u32;
+        let mut i = 0i64;
+        while !stop.load(Ordering::Relaxed) {
+            i += 1;
+            let deadline = tokio::time::Instant::now() + limit;
+            loop {
+                let (st, body) = publish_http(addr, json!({"channel": channel, "data": i})).await;
+                if st == 200 {
+                    taken.push((
+                        i,
+                        body["epoch"].as_str().unwrap().to_string(),
+                        body["offset"].as_u64().unwrap(),
+                    ));
+                    acked.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                assert_eq!(st, 503, "publish {i} to {channel}: {body}");
+                refused += 1;
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "publish {i} to {channel} refused for {limit:?}: {body}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (taken, refused)
+    })
 }
 
 /// `POST /api/publish` with a JSON body; returns the status and body.
